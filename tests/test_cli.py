@@ -1,0 +1,104 @@
+"""`trainer` end to end, in a fresh process as a user runs it."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, read_scalars, run_cli
+
+TAGS = {
+    "train/loss", "train/lr", "train/grad_norm", "train/grad_norm_clipped", "train/clip_fraction",
+    "train/loss_scale", "train/skipped_steps", "perf/step_ms", "perf/samples_per_sec", "perf/tokens_per_sec",
+    "eval/loss",
+}
+MISSION_SHAPE = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=2", "model.intermediate_size=128",
+                 "trainer.max_steps=50"]
+
+
+def events(run_dir: Path) -> list[Path]:
+    return list(run_dir.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,amp", [("bert", "fp16"), ("gpt", "fp16"), ("bert", "bf16"), ("bert", "fp32"),
+                                       ("gpt", "bf16")])
+def test_mission_command_logs_every_tag_clips_and_learns(tmp_path, model, amp):
+    out = run_cli("train", f"model={model}", f"amp={amp}", "clip.max_norm=1.0", *MISSION_SHAPE,
+                  f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    scalars = read_scalars(tmp_path)
+    assert TAGS <= set(scalars)
+    assert all(v <= 1.0 + 1e-5 for _, v in scalars["train/grad_norm_clipped"])
+    assert max(v for _, v in scalars["train/grad_norm"]) > 1.0  # clipping was exercised
+    losses = [v for _, v in scalars["train/loss"]]
+    assert losses[-1] < losses[0] - 0.3
+    scale = [v for _, v in scalars["train/loss_scale"]]
+    assert scale[-1] == (65536.0 if amp == "fp16" else 1.0)
+    assert (tmp_path / "config.yaml").exists()
+    assert f"tensorboard --logdir {tmp_path}" in out.stdout
+
+
+BAD_INPUTS = [
+    (["amp=fp8"], "amp=fp8"),
+    (["optim=adam9"], "optim=adam9"),
+    (["trainer.max_step=5"], "trainer.max_step"),
+    (["clip.max_norm=abc"], "clip.max_norm"),
+    (["clip.max_norm=0"], "clip.max_norm"),
+    (["clip.max_norm=-1"], "clip.max_norm"),
+    (["trainer.max_steps=0"], "trainer.max_steps"),
+    (["trainer.grad_accum=0"], "trainer.grad_accum"),
+    (["data.batch_size=-4"], "data.batch_size"),
+    (["optim.lr=-0.1"], "optim.lr"),
+    (["model.hidden_size=100", "model.num_heads=3"], "model.hidden_size"),
+    (["data.files=/no/such/dir/*.txt"], "data.files"),
+    (["trainer.device=cuda"], "trainer.device"),
+    (["trainer.device=gpu"], "trainer.device"),
+    (["model._target_=no.such.Model"], "model._target_"),
+    (["clip=value", "clip.max_norm=1"], "clip.max_norm"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,key", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_the_key(tmp_path, overrides, key):
+    if overrides == ["trainer.device=cuda"]:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU, so trainer.device=cuda is valid here")
+    out = run_cli("train", *overrides, f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: ") and key in lines[0]
+    assert "Traceback" not in out.stderr + out.stdout
+    assert events(tmp_path) == []
+
+
+def test_full_error_env_shows_the_traceback(tmp_path):
+    out = run_cli("train", "clip.max_norm=0", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0
+    assert "Traceback" in out.stderr and "clip.max_norm" in out.stderr
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_one_events_file_per_job(tmp_path):
+    out = run_cli("train", "-m", "clip.max_norm=0.5,1,5", *TINY, "trainer.max_steps=6", "trainer.log_every=3",
+                  f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # Job dirs are named by their overrides, so TensorBoard's run list says which threshold each ran.
+    assert [p.name.split(",")[0] for p in jobs] == ["0_clip.max_norm=0.5", "1_clip.max_norm=1", "2_clip.max_norm=5"]
+    for job, max_norm in zip(jobs, [0.5, 1.0, 5.0]):
+        assert len(events(job)) == 1
+        clipped = read_scalars(job)["train/grad_norm_clipped"]
+        assert all(v <= max_norm + 1e-5 for _, v in clipped)
+
+
+def test_help_and_cfg_job():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "trainer train" in out.stdout
+    out = run_cli("train", "--cfg", "job", "amp=fp16", "clip.max_norm=0.5")
+    assert out.returncode == 0, out.stderr
+    assert "max_norm: 0.5" in out.stdout and "init_scale: 65536.0" in out.stdout
+    out = run_cli("fly")
+    assert out.returncode == 2 and "unknown command" in out.stderr

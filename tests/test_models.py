@@ -1,0 +1,61 @@
+"""Built-in models' objectives, and a user model plugged in by _target_."""
+
+import math
+
+import torch
+
+from tests.conftest import TINY, make_config, read_scalars
+from trainer.build import build
+from trainer.data.tokens import FIRST_REGULAR_ID, MASK_ID
+from trainer.display import Display
+from trainer.loop import train
+from trainer.models import GPT, BertMLM
+
+SHAPE = dict(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, dropout=0.0, max_seq_len=32,
+             vocab_size=50)
+
+
+def test_gpt_is_causal():
+    torch.manual_seed(0)
+    net = GPT(**SHAPE).net
+    ids = torch.randint(FIRST_REGULAR_ID, 50, (2, 10))
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] + 1 - FIRST_REGULAR_ID) % (50 - FIRST_REGULAR_ID) + FIRST_REGULAR_ID
+    a, b = net(ids), net(changed)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_gpt_loss_at_init_is_near_uniform():
+    torch.manual_seed(0)
+    loss = GPT(**SHAPE)(torch.randint(FIRST_REGULAR_ID, 50, (8, 16)))
+    assert abs(loss.item() - math.log(50)) < 0.3
+
+
+def test_bert_masks_fifteen_percent_eighty_ten_ten():
+    torch.manual_seed(0)
+    model = BertMLM(**SHAPE, mask_prob=0.15)
+    ids = torch.randint(FIRST_REGULAR_ID, 50, (64, 512))
+    inputs, labels = model.mask(ids)
+    chosen = labels != -100
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert abs(chosen.float().mean().item() - 0.15) < 0.01
+    as_mask = (inputs[chosen] == MASK_ID).float().mean().item()
+    kept = (inputs[chosen] == ids[chosen]).float().mean().item()
+    assert abs(as_mask - 0.8) < 0.02
+    assert abs(kept - (0.1 + 0.1 / (50 - FIRST_REGULAR_ID))) < 0.02  # random draws can equal the original
+    assert torch.equal(inputs[~chosen], ids[~chosen])
+    # Eval masking is the same every call, so eval losses are comparable.
+    model.eval()
+    assert torch.equal(model.mask(ids)[0], model.mask(ids)[0])
+
+
+def test_user_model_by_target_trains(tmp_path):
+    cfg = make_config(*TINY, "model._target_=tests.user_model.BigramLM", "trainer.max_steps=60",
+                      "trainer.log_every=10", "trainer.eval_every=60", "optim.lr=0.01")
+    run = build(cfg)
+    assert type(run.model).__name__ == "BigramLM"
+    summary = train(run, tmp_path, Display(60, quiet=True))
+    losses = [v for _, v in read_scalars(tmp_path)["train/loss"]]
+    assert losses[-1] < losses[0] - 1.0
+    assert summary["final eval loss"] < math.log(16) - 1.0

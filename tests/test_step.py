@@ -1,0 +1,126 @@
+"""The train step against references computed by hand, outside trainer.step."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from trainer import precision as P
+from trainer.clipping import NormClip
+from trainer.metrics import Meter
+from trainer.models import GPT
+from trainer.step import train_step
+
+CPU = torch.device("cpu")
+
+
+def tiny_gpt(seed=0):
+    torch.manual_seed(seed)
+    return GPT(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, dropout=0.0,
+               max_seq_len=16, vocab_size=20)
+
+
+def batch(n, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 20, (n, 12), generator=gen)
+
+
+def grads_of(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_grad_accumulation_equals_one_large_batch():
+    """k micro-batches of b == one batch of k*b: same pre-clip norm, same clipped update."""
+    k, b, lr, max_norm = 4, 3, 0.1, 0.05
+    ids = batch(k * b)
+
+    # Reference: one full batch, torch autograd, clipping and SGD done by hand.
+    ref = tiny_gpt()
+    ref(ids).backward()
+    grads = grads_of(ref)
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    coef = min(1.0, max_norm / (norm.item() + 1e-6))
+    expected = [p.detach() - lr * coef * g for p, g in zip(ref.parameters(), grads)]
+    assert coef < 1.0  # the test must exercise clipping
+
+    model = tiny_gpt()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    params = list(model.parameters())
+    micro = [{"input_ids": ids[i * b:(i + 1) * b]} for i in range(k)]
+    result = train_step(model, opt, micro, k, P.fp32(CPU), NormClip(max_norm), params)
+
+    assert result.norm.item() == pytest.approx(norm.item(), rel=1e-5)
+    assert result.loss.item() == pytest.approx(ref(ids).item(), rel=1e-5)
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-7)
+
+
+def test_fp16_norm_is_logged_in_unscaled_units():
+    """With a GradScaler at 2**16 the first-step pre-clip norm equals the unscaled one."""
+    ids = {"input_ids": batch(4)}
+    norms = {}
+    for name, prec in {
+        "fp32": P.fp32(CPU),
+        "fp16_no_scaler": P.Precision("fp16", "cpu", torch.float16),
+        "fp16_scaler": P.fp16(CPU, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000),
+    }.items():
+        model = tiny_gpt()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        r = train_step(model, opt, [ids], 1, prec, NormClip(1e9), list(model.parameters()))
+        norms[name] = r.norm.item()
+    # Scaling by a power of two is exact in fp16, so with and without the scaler agree closely;
+    # fp16 autocast against fp32 differs by fp16 rounding only.
+    assert norms["fp16_scaler"] == pytest.approx(norms["fp16_no_scaler"], rel=1e-3)
+    assert norms["fp16_scaler"] == pytest.approx(norms["fp32"], rel=2e-2)
+    assert norms["fp16_scaler"] < 1e3  # a scaled norm would be ~65536x larger
+
+
+class Poisonable(nn.Module):
+    """y = w . x; a batch with poison=1 makes the gradient inf (or NaN)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1, 1, 8))
+
+    def forward(self, x, poison):
+        loss = (self.w * x).sum(dim=-1).pow(2).mean()
+        return loss * torch.where(poison.any(), torch.tensor(float("inf")), torch.tensor(1.0))
+
+
+def snapshot(model, opt):
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+
+@pytest.mark.parametrize("amp", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
+    model = Poisonable()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused, foreach=None if fused else False)
+    prec = {"fp32": P.fp32, "bf16": P.bf16}.get(amp) or (
+        lambda d: P.fp16(d, init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000))
+    prec = prec(CPU)
+    clip, params, meter = NormClip(1.0), list(model.parameters()), Meter(CPU)
+    x = torch.randn(4, 8)
+    good = {"x": x, "poison": torch.zeros(4)}
+    bad = {"x": x, "poison": torch.ones(4)}
+
+    meter.add(train_step(model, opt, [good], 1, prec, clip, params), 4, 4)
+    weights, state = snapshot(model, opt)
+    scale = prec.loss_scale()
+
+    r = train_step(model, opt, [bad], 1, prec, clip, params)
+    meter.add(r, 4, 4)
+
+    assert not r.finite.item()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k])
+    after = opt.state_dict()["state"][0]
+    for k, v in state["state"][0].items():
+        assert torch.equal(torch.as_tensor(after[k]), torch.as_tensor(v)), k
+    assert meter.read()["train/skipped_steps"] == 1.0
+    if amp == "fp16":
+        assert prec.loss_scale() == scale * 0.5  # the scaler backed off
+    # And a good step afterwards does update.
+    assert train_step(model, opt, [good], 1, prec, clip, params).finite.item()
+    assert not torch.equal(model.w.detach(), weights["w"])

@@ -1,0 +1,106 @@
+"""Build every part of a run from the composed config, with hydra.utils.instantiate.
+
+Each group's ``_target_`` names what to build, so a user's own model, data source,
+optimizer, schedule, precision or clipping policy plugs in by import path.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainer.clipping import ClipResult
+from trainer.config import ConfigError, validate
+from trainer.precision import Precision
+
+
+@dataclass
+class Run:
+    """Everything one run needs, built and ready."""
+
+    cfg: DictConfig
+    device: torch.device
+    model: nn.Module  # what the step calls (compiled if trainer.compile)
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: Precision
+    clip: Callable[[list[torch.Tensor]], ClipResult]
+    data: Any
+    train_loader: DataLoader
+    eval_loader: DataLoader
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda: no CUDA GPU is available here; use trainer.device=cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _build(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(node), with a failure reported as one line naming the group."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        what = " ".join(str(cause).split()[:40]) or type(cause).__name__
+        raise ConfigError(f"{group}._target_={node.get('_target_')}: {what}") from e
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (weights, embeddings) only; biases and norm gains are not decayed (as in GPT-2)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def loaders(data: Any, cfg: DictConfig, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    d = cfg.data
+    if len(data.train) < d.batch_size:
+        raise ConfigError(f"data.batch_size={d.batch_size}: the training set has only {len(data.train)} samples")
+    pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
+    common = dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=pin,
+                  persistent_workers=d.num_workers > 0)
+    shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed)
+    train = DataLoader(data.train, shuffle=True, drop_last=True, generator=shuffle_gen, **common)
+    evaluate = DataLoader(data.eval, shuffle=False, **common)
+    return train, evaluate
+
+
+def build(cfg: DictConfig) -> Run:
+    """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input."""
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device.name)
+    seed = cfg.trainer.seed
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    data = _build("data", cfg.data, seed=seed)
+    vocab_size = cfg.model.get("vocab_size") or data.vocab_size
+    if vocab_size < data.vocab_size:
+        raise ConfigError(f"model.vocab_size={vocab_size} is smaller than the data's vocabulary ({data.vocab_size})")
+    train_loader, eval_loader = loaders(data, cfg, device)
+
+    model = _build("model", cfg.model, vocab_size=vocab_size).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _build("optim", cfg.optim, params=param_groups(model, cfg.optim.get("weight_decay", 0.0)))
+    scheduler = _build("sched", cfg.sched, optimizer=optimizer, max_steps=cfg.trainer.max_steps)
+    precision = _build("amp", cfg.amp, device=device)
+    clip = _build("clip", cfg.clip)
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_loader, eval_loader)

@@ -1,0 +1,135 @@
+"""The ``trainer`` command: picks the subcommand, then hands the rest of argv to Hydra."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from trainer import config
+from trainer.config import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+USAGE = """\
+usage: trainer <command> [overrides...]
+
+commands:
+  train [overrides]       train with the composed config (Hydra overrides: key=value, group=option)
+  train -m [sweeps]       one job per combination (Hydra multirun), e.g. -m clip.max_norm=0.5,1,5
+  train --cfg job         print the composed config and exit
+  train --help            config groups and the composed config (Hydra's help)
+  bench [--steps N] [--repeats N] [overrides]
+                          time trainer's loop against a hand-written loop (median, ratio)
+
+examples:
+  trainer train
+  trainer train model=bert amp=fp16 clip.max_norm=1.0
+  trainer train -m clip.max_norm=0.5,1,5
+
+Set HYDRA_FULL_ERROR=1 to see full tracebacks for errors.
+"""
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def train(cfg: DictConfig) -> float:
+    """Hydra's task: build the run from cfg, train, and return the final eval loss (for sweepers)."""
+    # Imported here so that `trainer --help` and config errors stay fast.
+    from trainer.build import build
+    from trainer.display import Display
+    from trainer.loop import train as train_loop
+
+    try:
+        run = build(cfg)
+    except Exception as e:
+        # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
+        _fail(e)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    display = Display(cfg.trainer.max_steps)
+    display.start(cfg, run_dir, str(run.device), sum(p.numel() for p in run.params))
+    summary = train_loop(run, run_dir, display)
+    display.finish(summary, run_dir)
+    return summary["final eval loss"]
+
+
+def one_line(e: BaseException) -> str | None:
+    """The user-facing one-line message for a config or input error; None for anything else (a bug)."""
+    if isinstance(e, ConfigError):
+        return str(e)
+    if isinstance(e, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^']+)'", str(e))
+        if m and e.options:
+            return f"{m[1]}={m[2]}: no such option in group '{m[1]}' (choose from {', '.join(sorted(e.options))})"
+        return str(e).strip().splitlines()[0]
+    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            known = list(cause.parent_node.keys()) if getattr(cause, "parent_node", None) is not None else []
+            hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+            where = f" in '{parent}'" if parent else ""
+            if hint:
+                return f"{key}: unknown key{where} (did you mean {parent + '.' if parent else ''}{hint[0]}?)"
+            return f"{key}: unknown key{where} (known: {', '.join(k for k in known if k != '_target_')})"
+        return f"{key}: {str(cause.msg).strip().splitlines()[0]}"
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        return " ".join(str(e).split())
+    return None
+
+
+_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for tracebacks
+
+
+def _fail(e: BaseException) -> None:
+    """Print e as one line and exit 2 if it is a config or input error; otherwise re-raise it."""
+    msg = None if _FULL_ERROR else one_line(e)
+    if msg is None:
+        raise e
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _hydra(task, args: list[str]) -> None:
+    """Run a Hydra task on args; config and input errors become one line on stderr and exit 2."""
+    # Hydra prints errors itself (as several lines and tracebacks) unless this is set; with it set,
+    # they reach us and we print one line, except for real bugs, which keep their traceback.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = ["trainer", *args]
+    try:
+        task()
+    except Exception as e:
+        _fail(e)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    command, rest = argv[0], argv[1:]
+    config.register()
+    if command == "train":
+        _hydra(train, rest)
+    elif command == "bench":
+        from trainer.bench import main as bench
+
+        try:
+            bench(rest)
+        except Exception as e:
+            _fail(e)
+    else:
+        print(f"error: unknown command '{command}' (commands: train, bench)\n\n{USAGE}", file=sys.stderr, end="")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

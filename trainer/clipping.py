@@ -1,0 +1,62 @@
+"""Gradient-clipping policies, chosen by the ``clip`` config group.
+
+A policy is called once per optimizer step on the accumulated, unscaled gradients and
+returns tensors (never Python numbers, so the step needs no host sync): the total norm
+before clipping, the total norm after, and whether it clipped. The total norm is always
+measured, even by ``NoClip``, because it is logged and because a non-finite norm is how
+the step detects non-finite gradients.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+
+class ClipResult(NamedTuple):
+    norm: torch.Tensor  # total gradient norm before clipping (norm_type of the policy, else L2)
+    clipped_norm: torch.Tensor  # the same norm after clipping
+    clipped: torch.Tensor  # bool: did clipping change the gradients
+
+
+def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]
+
+
+class NormClip:
+    """Scale all gradients together so their total norm is at most max_norm (torch's clip_grad_norm_)."""
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0):
+        self.max_norm = float(max_norm)
+        self.norm_type = float(norm_type)
+
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        norm = get_total_norm(_grads(params), self.norm_type, foreach=True)
+        clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
+        # The coefficient torch applied, so the post-clip norm needs no second pass over the grads.
+        coef = torch.clamp(self.max_norm / (norm + 1e-6), max=1.0)
+        return ClipResult(norm, norm * coef, norm > self.max_norm)
+
+
+class ValueClip:
+    """Clamp each gradient element to [-clip_value, clip_value] (torch's clip_grad_value_)."""
+
+    def __init__(self, clip_value: float):
+        self.clip_value = float(clip_value)
+
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        grads = _grads(params)
+        norm = get_total_norm(grads, 2.0, foreach=True)
+        clipped = get_total_norm(grads, float("inf"), foreach=True) > self.clip_value
+        torch.nn.utils.clip_grad_value_(params, self.clip_value, foreach=True)
+        return ClipResult(norm, get_total_norm(grads, 2.0, foreach=True), clipped)
+
+
+class NoClip:
+    """Leave gradients as they are; still measure their L2 norm."""
+
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        norm = get_total_norm(_grads(params), 2.0, foreach=True)
+        return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool, device=norm.device))

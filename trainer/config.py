@@ -1,0 +1,247 @@
+"""Config schema: one dataclass per config group option, registered with Hydra's ConfigStore.
+
+The dataclasses hold types and allowed ranges; the YAML files in conf/ hold the default
+values and extend these schemas, so a typo in a key or a value of the wrong type fails at
+composition, before anything is built. Ranges that a type cannot express (``max_norm > 0``)
+are declared in field metadata and checked by ``validate`` right after composition, with
+the full key in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import sysconfig
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A user-facing error: bad config or input. Reported as one line, no traceback."""
+
+
+def _checked(ok: Callable[[Any], bool], why: str) -> Any:
+    """A required field whose value must satisfy ok(); its default lives in the YAML."""
+    return field(default=MISSING, metadata={"check": (ok, why)})
+
+
+def _positive() -> Any:
+    return _checked(lambda v: v > 0, "must be > 0")
+
+
+def _non_negative() -> Any:
+    return _checked(lambda v: v >= 0, "must be >= 0")
+
+
+def _fraction() -> Any:
+    return _checked(lambda v: 0 <= v < 1, "must be in [0, 1)")
+
+
+def _open_unit() -> Any:
+    return _checked(lambda v: 0 < v < 1, "must be in (0, 1)")
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    """Keys every model gets as keyword arguments (a `_target_` model too)."""
+
+    _target_: str = MISSING
+    num_layers: int = _positive()
+    hidden_size: int = _positive()
+    num_heads: int = _positive()
+    intermediate_size: int = _positive()
+    dropout: float = _fraction()
+    max_seq_len: int = _positive()
+    # None: the data's vocabulary size (the tokenizer decides it).
+    vocab_size: Optional[int] = _positive()
+
+
+@dataclass
+class BertConfig(ModelConfig):
+    _target_: str = MISSING
+    mask_prob: float = _open_unit()
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    batch_size: int = _positive()
+    seq_len: int = _positive()
+    num_workers: int = _non_negative()
+    # None: pin host memory when training on CUDA.
+    pin_memory: Optional[bool] = MISSING
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    _target_: str = MISSING
+    vocab_size: int = _checked(lambda v: v > 3, "must be > 3")
+    num_samples: int = _positive()
+    eval_samples: int = _positive()
+    noise: float = _fraction()
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    _target_: str = MISSING
+    # A glob; '**' recurses. The default is the Python standard library's own source.
+    files: str = MISSING
+    # For .jsonl files: the field holding the text.
+    text_field: str = MISSING
+    val_fraction: float = _open_unit()
+
+
+# ---------------------------------------------------------------- optim / sched
+@dataclass
+class AdamWConfig:
+    _target_: str = MISSING
+    lr: float = _positive()
+    weight_decay: float = _non_negative()
+    betas: List[float] = MISSING
+    eps: float = _positive()
+    fused: bool = MISSING
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = MISSING
+    lr: float = _positive()
+    momentum: float = _fraction()
+    weight_decay: float = _non_negative()
+    nesterov: bool = MISSING
+    fused: bool = MISSING
+
+
+@dataclass
+class CosineConfig:
+    _target_: str = MISSING
+    warmup_steps: int = _non_negative()
+    min_lr_ratio: float = _checked(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+
+
+@dataclass
+class ConstantConfig:
+    _target_: str = MISSING
+    warmup_steps: int = _non_negative()
+
+
+@dataclass
+class PlateauConfig:
+    _target_: str = MISSING
+    factor: float = _open_unit()
+    patience: int = _non_negative()
+    threshold: float = _non_negative()
+    min_lr: float = _non_negative()
+
+
+# ---------------------------------------------------------------- amp / clip
+@dataclass
+class AmpConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class FP16Config(AmpConfig):
+    _target_: str = MISSING
+    init_scale: float = _positive()
+    growth_factor: float = _checked(lambda v: v > 1, "must be > 1")
+    backoff_factor: float = _open_unit()
+    growth_interval: int = _positive()
+
+
+def _valid_norm_type(v: float) -> bool:
+    return v > 0 and not math.isnan(v)
+
+
+@dataclass
+class NormClipConfig:
+    _target_: str = MISSING
+    max_norm: float = _positive()
+    norm_type: float = _checked(_valid_norm_type, "must be > 0 or inf (2, 1, inf)")
+
+
+@dataclass
+class ValueClipConfig:
+    _target_: str = MISSING
+    clip_value: float = _positive()
+
+
+@dataclass
+class NoClipConfig:
+    _target_: str = MISSING
+
+
+# ---------------------------------------------------------------- trainer
+class Device(enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = _positive()
+    grad_accum: int = _positive()
+    device: Device = MISSING
+    seed: int = MISSING
+    log_every: int = _positive()
+    eval_every: int = _positive()
+    eval_batches: int = _positive()
+    compile: bool = MISSING
+
+
+SCHEMAS = {
+    "model": {"gpt": ModelConfig, "bert": BertConfig},
+    "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig},
+    "optim": {"adamw": AdamWConfig, "sgd": SGDConfig},
+    "sched": {"cosine": CosineConfig, "constant": ConstantConfig, "plateau": PlateauConfig},
+    "amp": {"fp32": AmpConfig, "bf16": AmpConfig, "fp16": FP16Config},
+    "clip": {"norm": NormClipConfig, "value": ValueClipConfig, "none": NoClipConfig},
+    "trainer": {"default": TrainerConfig},
+}
+
+
+def register() -> None:
+    """Store every schema as schema_<group>_<option>; conf/<group>/<option>.yaml extends it.
+
+    They are stored at the root, not in a group, so that they are not listed as config groups.
+    """
+    cs = ConfigStore.instance()
+    for group, options in SCHEMAS.items():
+        for name, schema in options.items():
+            cs.store(name=f"schema_{group}_{name}", node=schema)
+    if not OmegaConf.has_resolver("stdlib"):
+        OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every range declared in the schemas' field metadata; raise ConfigError naming the key."""
+    for group in SCHEMAS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        schema = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(schema):
+            continue
+        for f in dataclasses.fields(schema):
+            check = f.metadata.get("check")
+            value = node.get(f.name)
+            if check is None or value is None:
+                continue
+            ok, why = check
+            if not ok(value):
+                raise ConfigError(f"{group}.{f.name}={value}: {why}")
+    # A user's own model config need not have these keys.
+    model = cfg.model
+    if "hidden_size" in model and "num_heads" in model and model.hidden_size % model.num_heads:
+        raise ConfigError(
+            f"model.hidden_size={model.hidden_size} is not divisible by model.num_heads={model.num_heads}"
+        )
+    if "max_seq_len" in model and "seq_len" in cfg.data and cfg.data.seq_len > model.max_seq_len:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_seq_len={model.max_seq_len}")

@@ -1,0 +1,106 @@
+"""The training loop: steps, periodic logging and eval, the final summary."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from omegaconf import OmegaConf
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+
+from trainer.build import Run
+from trainer.display import Display
+from trainer.metrics import Meter
+from trainer.step import train_step
+
+
+def forever(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches from loader, epoch after epoch (each epoch reshuffled)."""
+    while True:
+        yield from loader
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> float:
+    """Mean loss over up to trainer.eval_batches batches of the held-out set."""
+    run.model.eval()
+    total = torch.zeros((), device=run.device)
+    n = 0
+    for batch in itertools.islice(run.eval_loader, run.cfg.trainer.eval_batches):
+        with run.precision.autocast():
+            total += run.model(**to_device(batch, run.device)).float()
+        n += 1
+    run.model.train()
+    return (total / max(n, 1)).item()
+
+
+def _count(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(samples, tokens) in a batch, from shapes only: no device access."""
+    first = next(iter(batch.values()))
+    ids = batch.get("input_ids")
+    return len(first), (ids.numel() if ids is not None else len(first))
+
+
+def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
+    """Train for trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary."""
+    t = run.cfg.trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
+    writer = SummaryWriter(log_dir=str(run_dir))
+    writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
+    per_step_schedule = not isinstance(run.scheduler, ReduceLROnPlateau)
+
+    meter = Meter(run.device)
+    batches = forever(run.train_loader)
+    eval_losses: list[float] = []
+    start = time.perf_counter()
+    run.model.train()
+    for step in range(1, t.max_steps + 1):
+        micro = [next(batches) for _ in range(t.grad_accum)]
+        samples, tokens = (sum(x) for x in zip(*map(_count, micro)))
+        result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro), t.grad_accum,
+                            run.precision, run.clip, run.params)
+        lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used
+        if per_step_schedule:
+            run.scheduler.step()
+        meter.add(result, samples, tokens)
+        display.step(step)
+
+        if step % t.log_every == 0 or step == t.max_steps:
+            m = meter.read()
+            clipped_total = m.pop("clipped_total")
+            m["train/lr"] = lr
+            m["train/loss_scale"] = run.precision.loss_scale()
+            for tag, value in m.items():
+                writer.add_scalar(tag, value, step)
+            display.log(step, m, m["train/loss_scale"], lr)
+        if step % t.eval_every == 0 or step == t.max_steps:
+            loss = evaluate(run)
+            eval_losses.append(loss)
+            writer.add_scalar("eval/loss", loss, step)
+            display.eval(step, loss)
+            if not per_step_schedule:
+                run.scheduler.step(loss)
+    writer.close()
+
+    finite = [x for x in eval_losses if math.isfinite(x)]
+    return {
+        "final eval loss": eval_losses[-1],
+        "best eval loss": min(finite) if finite else float("nan"),
+        "final train loss": m["train/loss"],
+        "clip fraction": clipped_total / t.max_steps,
+        "skipped steps": int(m["train/skipped_steps"]),
+        "final loss scale": m["train/loss_scale"],
+        "time (s)": time.perf_counter() - start,
+        "steps": t.max_steps,
+    }

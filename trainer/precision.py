@@ -1,0 +1,79 @@
+"""Mixed-precision policies: autocast dtype and, for fp16 only, a GradScaler.
+
+Chosen by the ``amp`` config group. The train step calls these in the order of the PyTorch
+AMP recipe: autocast forward, ``backward`` (scaled), ``unscale_``, clip, ``step``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Precision:
+    name: str
+    device_type: str
+    dtype: torch.dtype | None  # autocast dtype; None: plain fp32, no autocast
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients to true units, so clipping thresholds and logged norms mean what they say."""
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+        """Apply the update unless the gradients were not finite; update the loss scale."""
+        if self.scaler:
+            # The scaler found the infs itself during unscale_, and skips the step on them.
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            step_if_finite(optimizer, finite)
+
+    def loss_scale(self) -> float:
+        """Current loss scale (1.0 without a scaler). Syncs with the device: call at log intervals."""
+        return self.scaler.get_scale() if self.scaler else 1.0
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """optimizer.step(), skipped when ``finite`` is False, leaving weights and state untouched.
+
+    Optimizers that support AMP's on-device skip (torch's fused AdamW/SGD/Adam) receive the
+    flag as ``found_inf``, exactly as GradScaler hands it to them, so there is no host sync.
+    Any other optimizer needs the flag on the host: one sync per step.
+    """
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.grad_scale = None
+        optimizer.found_inf = (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif finite.item():
+        optimizer.step()
+
+
+def fp32(device: torch.device) -> Precision:
+    return Precision("fp32", device.type, None)
+
+
+def bf16(device: torch.device) -> Precision:
+    return Precision("bf16", device.type, torch.bfloat16)
+
+
+def fp16(device: torch.device, init_scale: float, growth_factor: float, backoff_factor: float,
+         growth_interval: int) -> Precision:
+    scaler = torch.amp.GradScaler(device.type, init_scale=init_scale, growth_factor=growth_factor,
+                                  backoff_factor=backoff_factor, growth_interval=growth_interval)
+    return Precision("fp16", device.type, torch.float16, scaler)

@@ -1,0 +1,40 @@
+"""Learning-rate schedules, chosen by the ``sched`` config group; each returns a torch scheduler.
+
+Per-step schedules are stepped once per optimizer step (skipped fp16 steps included, as in
+every mainstream trainer); ``plateau`` is stepped with the eval loss at each eval.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+
+
+def _warmup(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def cosine(optimizer: Optimizer, max_steps: int, warmup_steps: int, min_lr_ratio: float) -> LRScheduler:
+    """Linear warm-up over warmup_steps, then cosine decay to min_lr_ratio * lr at max_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return _warmup(step, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def constant(optimizer: Optimizer, max_steps: int, warmup_steps: int) -> LRScheduler:
+    """The configured lr, after an optional linear warm-up."""
+    return LambdaLR(optimizer, lambda step: _warmup(step, warmup_steps))
+
+
+def plateau(optimizer: Optimizer, max_steps: int, factor: float, patience: int, threshold: float,
+            min_lr: float) -> ReduceLROnPlateau:
+    """Multiply lr by factor when eval/loss has not improved for patience evals."""
+    return ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=threshold,
+                             min_lr=min_lr)
