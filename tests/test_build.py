@@ -1,0 +1,58 @@
+"""Every config group option composes, builds and trains, and each key lands where it should."""
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import TINY, make_config
+from trainer.build import build, param_groups
+from trainer.display import Display
+from trainer.loop import train
+from trainer.schedule import cosine
+
+OPTIONS = ["model=bert", "optim=sgd", "sched=constant", "sched=plateau", "amp=bf16", "amp=fp16", "clip=value",
+           "clip=none", "clip.norm_type=inf", "trainer.grad_accum=2"]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_each_option_trains(tmp_path, option):
+    cfg = make_config(*TINY, option, "trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_every=2",
+                      "model.max_seq_len=16")
+    summary = train(build(cfg), tmp_path, Display(4, quiet=True))
+    assert math.isfinite(summary["final eval loss"]) and summary["skipped steps"] == 0
+
+
+def test_plateau_lowers_lr_when_eval_loss_stalls(tmp_path):
+    # lr so small the eval loss cannot improve by the 10% threshold: after patience=0 evals, lr must drop by factor each eval.
+    cfg = make_config(*TINY, "sched=plateau", "sched.patience=0", "sched.factor=0.5", "optim.lr=1e-4",
+                      "trainer.max_steps=6", "trainer.eval_every=2", "sched.threshold=0.1")
+    run = build(cfg)
+    train(run, tmp_path, Display(6, quiet=True))
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5 ** 2)
+
+
+def test_cosine_warms_up_then_decays_to_min_ratio():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = cosine(opt, max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(110):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_weight_decay_skips_biases_and_norms():
+    run = build(make_config(*TINY))
+    decay, no_decay = param_groups(run.model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(run.model.parameters()))
+
+
+def test_model_vocab_follows_the_data():
+    run = build(make_config(*TINY))
+    assert run.model.net.tok.num_embeddings == 16

@@ -1,0 +1,45 @@
+"""Built-in data sources: text files and jsonl to byte tokens, the held-out split, the synthetic task."""
+
+import json
+
+import pytest
+import torch
+
+from trainer.config import ConfigError
+from trainer.data import SyntheticData, TextData
+from trainer.data.tokens import EOS_ID, decode, encode
+
+
+def test_text_and_jsonl_become_one_stream_with_a_held_out_tail(tmp_path):
+    (tmp_path / "a.txt").write_text("héllo world " * 50)
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i} " * 10}) for i in range(5)))
+    data = TextData(files=str(tmp_path / "*"), seq_len=16, text_field="text", val_fraction=0.25)
+    stream = torch.cat([data.train.stream, data.eval.stream])
+    # Files in sorted order, each document followed by EOS: a.txt, then the five jsonl lines.
+    expected = [encode("héllo world " * 50)] + [encode(f"doc {i} " * 10) for i in range(5)]
+    assert stream.tolist() == [t for doc in expected for t in doc.tolist() + [EOS_ID]]
+    assert len(data.eval.stream) == int(len(stream) * 0.25)
+    assert decode(data.train[0]["input_ids"]) == ("héllo world " * 50).encode()[:16].decode()
+    assert len(data.train) == len(data.train.stream) // 16
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n')
+    with pytest.raises(ConfigError, match=r"x.jsonl:2: .*'text'"):
+        TextData(files=str(tmp_path / "*.jsonl"), seq_len=4, text_field="text", val_fraction=0.1)
+
+
+def test_too_little_text_is_a_config_error(tmp_path):
+    (tmp_path / "tiny.txt").write_text("abc")
+    with pytest.raises(ConfigError, match="too few"):
+        TextData(files=str(tmp_path / "*.txt"), seq_len=16, text_field="text", val_fraction=0.1)
+
+
+def test_synthetic_task_follows_its_successor_table():
+    data = SyntheticData(vocab_size=20, num_samples=64, eval_samples=8, noise=0.0, seq_len=10, seed=3)
+    seqs = data.train.tensors[0]
+    succ = {}
+    for a, b in zip(seqs[:, :-1].flatten().tolist(), seqs[:, 1:].flatten().tolist()):
+        assert succ.setdefault(a, b) == b  # noise=0: each token always has the same successor
+    again = SyntheticData(vocab_size=20, num_samples=64, eval_samples=8, noise=0.0, seq_len=10, seed=3)
+    assert torch.equal(again.train.tensors[0], seqs)
