@@ -67,7 +67,8 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
     run.model.train()
     for step in range(1, t.max_steps + 1):
         micro = [next(batches) for _ in range(t.grad_accum)]
-        samples, tokens = (sum(x) for x in zip(*map(_count, micro)))
+        counts = [_count(b) for b in micro]
+        samples, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
         result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro), t.grad_accum,
                             run.precision, run.clip, run.params)
         lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used
