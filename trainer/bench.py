@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from trainer import config
 from trainer.build import Run, build
 from trainer.display import Display
-from trainer.loop import forever, to_device, train
+from trainer.loop import to_device, train
 
 
 def raw_loop(run: Run, steps: int) -> None:
@@ -28,7 +28,7 @@ def raw_loop(run: Run, steps: int) -> None:
     model, opt, sched, accum = run.model, run.optimizer, run.scheduler, run.cfg.trainer.grad_accum
     scaler = run.precision.scaler
     max_norm = run.cfg.clip.get("max_norm", float("inf"))
-    batches = forever(run.train_loader)
+    batches = run.train_batches
     for _ in range(steps):
         for _ in range(accum):
             batch = to_device(next(batches), run.device)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from trainer.clipping import ClipResult
 from trainer.config import ConfigError, validate
+from trainer.data.stream import BatchStream, EpochSampler
 from trainer.precision import Precision
 
 
@@ -35,7 +36,7 @@ class Run:
     precision: Precision
     clip: Callable[[list[torch.Tensor]], ClipResult]
     data: Any
-    train_loader: DataLoader
+    train_batches: BatchStream  # endless; its position is checkpointed
     eval_loader: DataLoader
 
 
@@ -68,15 +69,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def loaders(data: Any, cfg: DictConfig, device: torch.device) -> tuple[DataLoader, DataLoader]:
+def loaders(data: Any, cfg: DictConfig, device: torch.device) -> tuple[BatchStream, DataLoader]:
     d = cfg.data
     if len(data.train) < d.batch_size:
         raise ConfigError(f"data.batch_size={d.batch_size}: the training set has only {len(data.train)} samples")
     pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
     common = dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=pin,
                   persistent_workers=d.num_workers > 0)
-    shuffle_gen = torch.Generator().manual_seed(cfg.trainer.seed)
-    train = DataLoader(data.train, shuffle=True, drop_last=True, generator=shuffle_gen, **common)
+    train = BatchStream(data.train, EpochSampler(len(data.train), cfg.trainer.seed), **common)
     evaluate = DataLoader(data.eval, shuffle=False, **common)
     return train, evaluate
 
@@ -93,7 +93,7 @@ def build(cfg: DictConfig) -> Run:
     vocab_size = cfg.model.get("vocab_size") or data.vocab_size
     if vocab_size < data.vocab_size:
         raise ConfigError(f"model.vocab_size={vocab_size} is smaller than the data's vocabulary ({data.vocab_size})")
-    train_loader, eval_loader = loaders(data, cfg, device)
+    train_batches, eval_loader = loaders(data, cfg, device)
 
     model = _build("model", cfg.model, vocab_size=vocab_size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,4 +103,4 @@ def build(cfg: DictConfig) -> Run:
     clip = _build("clip", cfg.clip)
     if cfg.trainer.compile:
         model = torch.compile(model)
-    return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_loader, eval_loader)
+    return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_batches, eval_loader)

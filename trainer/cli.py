@@ -46,6 +46,7 @@ def train(cfg: DictConfig) -> float:
     from trainer.build import build
     from trainer.display import Display
     from trainer.loop import train as train_loop
+    from trainer.preemption import Preempted
 
     try:
         run = build(cfg)
@@ -55,7 +56,13 @@ def train(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     display = Display(cfg.trainer.max_steps)
     display.start(cfg, run_dir, str(run.device), sum(p.numel() for p in run.params))
-    summary = train_loop(run, run_dir, display)
+    try:
+        summary = train_loop(run, run_dir, display)
+    except Preempted as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except ConfigError as e:  # a checkpoint that does not fit, found while resuming
+        _fail(e)
     display.finish(summary, run_dir)
     return summary["final eval loss"]
 
@@ -118,7 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     config.register()
     if command == "train":
-        _hydra(train, rest)
+        try:
+            _hydra(train, rest)
+        except KeyboardInterrupt:  # the second Ctrl-C: the first one asked for a clean stop
+            print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before",
+                  file=sys.stderr)
+            sys.exit(130)
     elif command == "bench":
         from trainer.bench import main as bench
 

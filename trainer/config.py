@@ -196,6 +196,15 @@ class TrainerConfig:
     compile: bool = MISSING
 
 
+# ---------------------------------------------------------------- checkpoint
+@dataclass
+class CheckpointConfig:
+    every: int = _non_negative()  # 0: only at the end and on preemption
+    keep_last: int = _positive()
+    dir: Optional[str] = MISSING  # None: <run dir>/checkpoints
+    resume: str = MISSING  # none | auto | path to a checkpoint file
+
+
 SCHEMAS = {
     "model": {"gpt": ModelConfig, "bert": BertConfig},
     "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig},
@@ -204,6 +213,7 @@ SCHEMAS = {
     "amp": {"fp32": AmpConfig, "bf16": AmpConfig, "fp16": FP16Config},
     "clip": {"norm": NormClipConfig, "value": ValueClipConfig, "none": NoClipConfig},
     "trainer": {"default": TrainerConfig},
+    "checkpoint": {"default": CheckpointConfig},
 }
 
 
@@ -245,3 +255,4 @@ def validate(cfg: DictConfig) -> None:
         )
     if "max_seq_len" in model and "seq_len" in cfg.data and cfg.data.seq_len > model.max_seq_len:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_seq_len={model.max_seq_len}")
+

@@ -91,9 +91,14 @@ class Display:
         else:
             self.print(msg)
 
-    def finish(self, summary: dict[str, object], run_dir: Path) -> None:
+    def close(self) -> None:
+        """Stop the progress bar (idempotent), so later output is not drawn over."""
         if self.progress:
             self.progress.stop()
+            self.progress = None
+
+    def finish(self, summary: dict[str, object], run_dir: Path) -> None:
+        self.close()
         table = Table(title="summary", show_header=False)
         for key, value in summary.items():
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))

@@ -1,29 +1,30 @@
-"""The training loop: steps, periodic logging and eval, the final summary."""
+"""The training loop: steps, periodic logging and eval, checkpoints, resume, the final summary."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
+from trainer import checkpoint
 from trainer.build import Run
+from trainer.config import ConfigError
 from trainer.display import Display
 from trainer.metrics import Meter
+from trainer.preemption import Preempted, StopRequest
 from trainer.step import train_step
 
-
-def forever(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches from loader, epoch after epoch (each epoch reshuffled)."""
-    while True:
-        yield from loader
+# Config sections a checkpoint must agree with: the model's shape and the optimizer's and
+# scaler's state layout. Others (lr, max_steps, logging) may change on resume.
+_MUST_MATCH = ("model", "optim._target_", "amp._target_")
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -51,57 +52,158 @@ def _count(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
     return len(first), (ids.numel() if ids is not None else len(first))
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+
+
+def capture(run: Run, step: int, meter: Meter, eval_losses: list[float]) -> dict[str, Any]:
+    """Everything needed to continue exactly after `step`: weights, optimizer, schedule, scaler, data, RNGs."""
+    return {
+        "step": step,
+        "model": _unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.precision.scaler.state_dict() if run.precision.scaler else {},
+        "clip": run.clip.state_dict() if hasattr(run.clip, "state_dict") else {},
+        "data": run.train_batches.state_dict(),
+        "rng": {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "meter": meter.state_dict(),
+        "eval_losses": list(eval_losses),
+        "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
+    }
+
+
+def _section(container: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        container = container.get(part, {}) if isinstance(container, dict) else {}
+    return container
+
+
+def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter) -> None:
+    """Load a checkpoint into run; a config it does not fit is a ConfigError naming the key."""
+    current = OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True)
+    for dotted in _MUST_MATCH:
+        saved, now = _section(state["config"], dotted), _section(current, dotted)
+        if saved == now:
+            continue
+        if isinstance(saved, dict) and isinstance(now, dict):
+            key = next(k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+            dotted, saved, now = f"{dotted}.{key}", saved.get(key), now.get(key)
+        raise ConfigError(f"checkpoint {path} was trained with {dotted}={saved}, but the config says {now}; "
+                          "resume with the same setting")
+    try:
+        _unwrap(run.model).load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"checkpoint {path} does not fit this model/optimizer: {str(e).splitlines()[0]}") from None
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.precision.scaler:
+        run.precision.scaler.load_state_dict(state["scaler"])
+    if hasattr(run.clip, "load_state_dict"):
+        run.clip.load_state_dict(state["clip"])
+    run.train_batches.load_state_dict(state["data"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    meter.load_state_dict(state["meter"])
+
+
+def find_resume(run: Run, ckpt_dir: Path, display: Display) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint checkpoint.resume asks for: none, the newest loadable in ckpt_dir (auto), or a path."""
+    resume = run.cfg.checkpoint.resume
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = checkpoint.latest(ckpt_dir)
+        if found is None:
+            display.print(f"checkpoint.resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
+        return found
+    path = Path(resume)
+    return path, checkpoint.load(path)
+
+
 def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
-    """Train for trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary."""
-    t = run.cfg.trainer
+    """Train to trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary."""
+    t, c = run.cfg.trainer, run.cfg.checkpoint
+    ckpt_dir = Path(c.dir) if c.dir else run_dir / "checkpoints"
+    meter = Meter(run.device)
+    eval_losses: list[float] = []
+    start_step = 0
+    found = find_resume(run, ckpt_dir, display)
+    if found:
+        path, state = found
+        restore(run, state, path, meter)
+        start_step, eval_losses = state["step"], state["eval_losses"]
+        display.print(f"resumed from {path} at step {start_step}")
+
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
-    writer = SummaryWriter(log_dir=str(run_dir))
+    # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint.
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
     writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
     per_step_schedule = not isinstance(run.scheduler, ReduceLROnPlateau)
+    save = lambda step: checkpoint.save(ckpt_dir, step, capture(run, step, meter, eval_losses), c.keep_last)  # noqa: E731
 
-    meter = Meter(run.device)
-    batches = forever(run.train_loader)
-    eval_losses: list[float] = []
+    m: dict[str, float] = {}
+    clipped_total = 0.0
     start = time.perf_counter()
     run.model.train()
-    for step in range(1, t.max_steps + 1):
-        micro = [next(batches) for _ in range(t.grad_accum)]
-        counts = [_count(b) for b in micro]
-        samples, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
-        result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro), t.grad_accum,
-                            run.precision, run.clip, run.params)
-        lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used
-        if per_step_schedule:
-            run.scheduler.step()
-        meter.add(result, samples, tokens)
-        display.step(step)
+    display.step(start_step)
+    try:
+        with StopRequest() as stop:
+            for step in range(start_step + 1, t.max_steps + 1):
+                micro = [next(run.train_batches) for _ in range(t.grad_accum)]
+                counts = [_count(b) for b in micro]
+                samples, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
+                result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro),
+                                    t.grad_accum, run.precision, run.clip, run.params)
+                lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used
+                if per_step_schedule:
+                    run.scheduler.step()
+                meter.add(result, samples, tokens)
+                display.step(step)
 
-        if step % t.log_every == 0 or step == t.max_steps:
-            m = meter.read()
-            clipped_total = m.pop("clipped_total")
-            m["train/lr"] = lr
-            m["train/loss_scale"] = run.precision.loss_scale()
-            for tag, value in m.items():
-                writer.add_scalar(tag, value, step)
-            display.log(step, m, m["train/loss_scale"], lr)
-        if step % t.eval_every == 0 or step == t.max_steps:
-            loss = evaluate(run)
-            eval_losses.append(loss)
-            writer.add_scalar("eval/loss", loss, step)
-            display.eval(step, loss)
-            if not per_step_schedule:
-                run.scheduler.step(loss)
-    writer.close()
+                if step % t.log_every == 0 or step == t.max_steps:
+                    m = meter.read()
+                    clipped_total = m.pop("clipped_total")
+                    m["train/lr"] = lr
+                    m["train/loss_scale"] = run.precision.loss_scale()
+                    for tag, value in m.items():
+                        writer.add_scalar(tag, value, step)
+                    display.log(step, m, m["train/loss_scale"], lr)
+                if step % t.eval_every == 0 or step == t.max_steps:
+                    loss = evaluate(run)
+                    eval_losses.append(loss)
+                    writer.add_scalar("eval/loss", loss, step)
+                    display.eval(step, loss)
+                    if not per_step_schedule:
+                        run.scheduler.step(loss)
+                if stop.signum:
+                    writer.flush()
+                    path = save(step)
+                    raise Preempted(stop.signum, (
+                        f"stopped by {stop.name} after step {step}; checkpoint: {path}; to resume, run the same "
+                        f"command with checkpoint.resume=auto hydra.run.dir={run_dir}"))
+                if step == t.max_steps or (c.every and step % c.every == 0):
+                    save(step)
+    finally:
+        display.close()
+        writer.close()
 
     finite = [x for x in eval_losses if math.isfinite(x)]
     return {
-        "final eval loss": eval_losses[-1],
+        "final eval loss": eval_losses[-1] if eval_losses else float("nan"),
         "best eval loss": min(finite) if finite else float("nan"),
-        "final train loss": m["train/loss"],
+        "final train loss": m.get("train/loss", float("nan")),
         "clip fraction": clipped_total / t.max_steps,
-        "skipped steps": int(m["train/skipped_steps"]),
-        "final loss scale": m["train/loss_scale"],
+        "skipped steps": int(m.get("train/skipped_steps", 0)),
+        "final loss scale": m.get("train/loss_scale", run.precision.loss_scale()),
         "time (s)": time.perf_counter() - start,
         "steps": t.max_steps,
+        "checkpoints": str(ckpt_dir),
     }

@@ -9,14 +9,14 @@ import torch
 from trainer.step import StepResult
 
 # The order of the running sums in Meter.sums.
-_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(5)
+_LOSS, _FINITE_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(6)
 
 
 class Meter:
     """Sums over a log interval. ``add`` queues device work only; ``read`` is the one host sync."""
 
     def __init__(self, device: torch.device):
-        self.sums = torch.zeros(5, device=device)
+        self.sums = torch.zeros(6, device=device)
         self.skipped_total = torch.zeros((), device=device)
         self.clipped_total = torch.zeros((), device=device)
         self.steps = 0
@@ -25,12 +25,15 @@ class Meter:
         self.started = time.perf_counter()
 
     def add(self, r: StepResult, samples: int, tokens: int) -> None:
-        # Skipped steps would put inf/NaN into every average, so averages are over finite steps;
-        # the skipped ones are counted instead.
+        # Non-finite values would turn every average into inf/NaN, so each average is over the steps
+        # where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
+        # usually finite and counts; its norm is not. Skipped steps are counted instead.
         zero = torch.zeros((), device=r.loss.device)
         ok = r.finite
+        loss_ok = torch.isfinite(r.loss)
         self.sums += torch.stack([
-            torch.where(ok, r.loss, zero),
+            torch.where(loss_ok, r.loss, zero),
+            loss_ok.float(),
             torch.where(ok, r.norm, zero),
             torch.where(ok, r.clipped_norm, zero),
             (r.clipped & ok).float(),
@@ -42,16 +45,26 @@ class Meter:
         self.samples += samples
         self.tokens += tokens
 
+    def state_dict(self) -> dict[str, object]:
+        return {"sums": self.sums, "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
+                "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for name in ("sums", "skipped_total", "clipped_total"):
+            getattr(self, name).copy_(state[name])
+        self.steps, self.samples, self.tokens = state["steps"], state["samples"], state["tokens"]
+
     def read(self) -> dict[str, float]:
         """Averages since the last read, then reset. Waits for the device."""
         *sums, skipped, clipped = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None]]).tolist()
         elapsed = time.perf_counter() - self.started
-        finite = sums[_FINITE]
-        avg = (lambda i: sums[i] / finite) if finite else (lambda i: float("nan"))
+        def mean(total: int, count: int) -> float:
+            return sums[total] / sums[count] if sums[count] else float("nan")
+
         out = {
-            "train/loss": avg(_LOSS),
-            "train/grad_norm": avg(_NORM),
-            "train/grad_norm_clipped": avg(_CLIPPED_NORM),
+            "train/loss": mean(_LOSS, _FINITE_LOSS),
+            "train/grad_norm": mean(_NORM, _FINITE),
+            "train/grad_norm_clipped": mean(_CLIPPED_NORM, _FINITE),
             "train/clip_fraction": sums[_CLIPPED] / self.steps,
             "train/skipped_steps": skipped,
             "perf/step_ms": 1000 * elapsed / self.steps,

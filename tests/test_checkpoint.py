@@ -1,0 +1,168 @@
+"""Nothing lost: atomic checkpoints, exact resume after kill -9 and SIGTERM, safe loading."""
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY, make_config, read_scalars, run_cli
+from trainer import checkpoint, loop
+from trainer.build import build
+from trainer.config import ConfigError
+from trainer.display import Display
+from trainer.loop import train
+from trainer.preemption import Preempted
+from trainer.step import train_step
+
+LONG = [*TINY, "trainer.max_steps=400", "trainer.log_every=1", "trainer.eval_every=100", "checkpoint.every=7",
+        "checkpoint.keep_last=2"]
+
+
+def start(*args: str) -> subprocess.Popen:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    return subprocess.Popen([sys.executable, "-m", "trainer", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def wait_for_checkpoint(ckpt_dir, proc, timeout=60):
+    deadline = time.time() + timeout
+    while not checkpoint.checkpoints(ckpt_dir):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def per_step(run_dir, tag):
+    return dict(read_scalars(run_dir)[tag])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("amp", ["fp32", "fp16"])
+def test_kill_9_then_resume_reproduces_the_uninterrupted_run(tmp_path, amp):
+    args = [*LONG, f"amp={amp}", "amp.growth_interval=5"] if amp == "fp16" else [*LONG, f"amp={amp}"]
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref = run_cli("train", *args, f"hydra.run.dir={ref_dir}")
+    assert ref.returncode == 0, ref.stderr
+
+    proc = start(*args, f"hydra.run.dir={run_dir}")
+    wait_for_checkpoint(run_dir / "checkpoints", proc)
+    time.sleep(random.uniform(0.0, 0.5))  # a random moment, checkpoint writes included
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed_at = max(int(p.stem.split("_")[1]) for p in checkpoint.checkpoints(run_dir / "checkpoints"))
+    assert killed_at < 400, "the run finished before it was killed; the test proved nothing"
+
+    resumed = run_cli("train", *args, "checkpoint.resume=auto", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    assert list((run_dir / "checkpoints").glob(".*")) == []  # a write the kill cut short was cleaned up
+
+    expected, got = per_step(ref_dir, "train/loss"), per_step(run_dir, "train/loss")
+    assert sorted(got) == list(range(1, 401))  # TensorBoard sees one value per step: no gap, no duplicate
+    for step in range(killed_at + 1, 401):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7, nan_ok=True), step
+    assert per_step(run_dir, "train/loss_scale") == per_step(ref_dir, "train/loss_scale")
+    if amp == "fp16":
+        assert len(set(per_step(ref_dir, "train/loss_scale").values())) > 1  # the scale moved: its state mattered
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_of_the_current_step_and_exits_non_zero(tmp_path):
+    proc = start(*LONG, f"hydra.run.dir={tmp_path}")
+    wait_for_checkpoint(tmp_path / "checkpoints", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after step" in err and "checkpoint.resume=auto" in err
+    stopped_at = int(err.split("after step ")[1].split(";")[0])
+    assert (tmp_path / "checkpoints" / f"step_{stopped_at:08d}.pt").exists()
+
+    resumed = run_cli("train", *LONG, "checkpoint.resume=auto", f"hydra.run.dir={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {stopped_at}" in resumed.stdout
+    assert max(per_step(tmp_path, "train/loss")) == 400
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "step_00000001.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": print}, f, protocol=2)  # unpickling would resolve a callable
+    torch.save({"hook": subprocess.Popen}, tmp_path / "step_00000002.pt")
+    for p in (path, tmp_path / "step_00000002.pt"):
+        with pytest.raises(ConfigError, match="refused|unreadable"):
+            checkpoint.load(p)
+    with pytest.raises(ConfigError, match="refused"):
+        checkpoint.load(tmp_path / "step_00000002.pt")
+    assert checkpoint.latest(tmp_path) is None
+
+
+def test_auto_never_picks_a_truncated_or_half_written_file(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path, 1, {"w": torch.ones(1000)}, keep_last=5)
+    checkpoint.save(tmp_path, 2, {"w": torch.full((1000,), 2.0)}, keep_last=5)
+    newest = tmp_path / "step_00000002.pt"
+    newest.write_bytes(newest.read_bytes()[:500])  # truncated behind our back
+    path, state = checkpoint.latest(tmp_path)
+    assert path.name == "step_00000001.pt" and state["w"][0] == 1.0
+
+    # A crash in the middle of a write leaves only a hidden temporary file, which auto ignores.
+    def dies_mid_write(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, 3, {"w": torch.zeros(1)}, keep_last=5)
+    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step_00000001.pt", "step_00000002.pt"]
+    assert checkpoint.latest(tmp_path)[0].name == "step_00000001.pt"
+    monkeypatch.undo()
+    (tmp_path / ".step_00000003.pt.tmp-99999").write_bytes(b"left by a killed run")
+    checkpoint.save(tmp_path, 4, {"w": torch.zeros(1)}, keep_last=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.pt", "step_00000002.pt", "step_00000004.pt"]
+
+
+def test_keep_last_and_no_temporary_files_after_a_normal_exit(tmp_path):
+    cfg = make_config(*TINY, "trainer.max_steps=10", "checkpoint.every=2", "checkpoint.keep_last=2",
+                      f"checkpoint.dir={tmp_path / 'ck'}")
+    train(build(cfg), tmp_path, Display(10, quiet=True))
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000008.pt", "step_00000010.pt"]
+
+
+def test_resume_into_a_different_model_shape_names_the_key(tmp_path):
+    ck = f"checkpoint.dir={tmp_path / 'ck'}"
+    train(build(make_config(*TINY, "trainer.max_steps=2", ck)), tmp_path, Display(2, quiet=True))
+    cfg = make_config(*TINY, "trainer.max_steps=4", ck, "checkpoint.resume=auto", "model.hidden_size=64")
+    with pytest.raises(ConfigError, match=r"model.hidden_size=32, but the config says 64"):
+        train(build(cfg), tmp_path, Display(4, quiet=True))
+
+
+def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkeypatch):
+    """The kill test's check without processes: SIGTERM during step 6, resume, compare steps 7..12."""
+    common = [*TINY, "trainer.max_steps=12", "trainer.log_every=1", "data.num_samples=40", "model.dropout=0.1"]
+    ref = tmp_path / "ref"
+    train(build(make_config(*common)), ref, Display(12, quiet=True))
+
+    calls = []
+
+    def signalled_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(*args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "train_step", signalled_step)
+    with pytest.raises(Preempted, match="after step 6"):
+        train(build(make_config(*common)), run, Display(12, quiet=True))
+    monkeypatch.undo()
+    train(build(make_config(*common, "checkpoint.resume=auto")), run, Display(12, quiet=True))
+
+    expected, got = per_step(ref, "train/loss"), per_step(run, "train/loss")
+    assert sorted(got) == list(range(1, 13))
+    for step in range(1, 13):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6), step

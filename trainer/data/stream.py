@@ -1,0 +1,64 @@
+"""Training batches epoch after epoch, with a position that checkpoints save and resume restores.
+
+Each epoch's order is a permutation drawn from (seed, epoch) alone, so a resumed run can start
+mid-epoch at exactly the next unseen batch without replaying the earlier ones.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh shuffle per epoch from (seed, epoch), starting ``start`` indices into it."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.size, generator=gen)[self.start:].tolist()
+
+
+class BatchStream:
+    """Iterates a DataLoader over EpochSampler forever, counting the batches it has handed out."""
+
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, **loader_kwargs):
+        self.sampler = sampler
+        # Its own generator seeds the workers, so building an iterator never touches the global RNG.
+        gen = torch.Generator().manual_seed(sampler.seed)
+        self.loader = DataLoader(dataset, sampler=sampler, drop_last=True, generator=gen, **loader_kwargs)
+        self.batch_size = loader_kwargs["batch_size"]
+        self.epoch = 0
+        self.index = 0  # batches of this epoch already handed out
+        self._it: Iterator | None = None
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._it is None:
+            self.sampler.epoch, self.sampler.start = self.epoch, self.index * self.batch_size
+            self._it = iter(self.loader)
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.index, self._it = self.epoch + 1, 0, None
+            return next(self)
+        self.index += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index, self._it = state["epoch"], state["index"], None
