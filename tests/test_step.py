@@ -100,7 +100,7 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
     prec = {"fp32": P.fp32, "bf16": P.bf16}.get(amp) or (
         lambda d: P.fp16(d, init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000))
     prec = prec(CPU)
-    clip, params, meter = NormClip(1.0), list(model.parameters()), Meter(CPU)
+    clip, params, meter = NormClip(1.0), list(model.parameters()), Meter(CPU, capacity=4)
     x = torch.randn(4, 8)
     good = {"x": x, "poison": torch.zeros(4)}
     bad = {"x": x, "poison": torch.ones(4)}
@@ -118,7 +118,7 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
     after = opt.state_dict()["state"][0]
     for k, v in state["state"][0].items():
         assert torch.equal(torch.as_tensor(after[k]), torch.as_tensor(v)), k
-    assert meter.read()["train/skipped_steps"] == 1.0
+    assert meter.read()[0]["train/skipped_steps"] == 1.0
     if amp == "fp16":
         assert prec.loss_scale() == scale * 0.5  # the scaler backed off
     # And a good step afterwards does update.

@@ -94,6 +94,8 @@ def build(cfg: DictConfig) -> Run:
     if vocab_size < data.vocab_size:
         raise ConfigError(f"model.vocab_size={vocab_size} is smaller than the data's vocabulary ({data.vocab_size})")
     train_batches, eval_loader = loaders(data, cfg, device)
+    if "vocab_size" in cfg.model:
+        cfg.model.vocab_size = vocab_size  # recorded resolved, in config.yaml and checkpoints
 
     model = _build("model", cfg.model, vocab_size=vocab_size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 import sys
@@ -29,6 +30,8 @@ commands:
   train --help            config groups and the composed config (Hydra's help)
   bench [--steps N] [--repeats N] [overrides]
                           time trainer's loop against a hand-written loop (median, ratio)
+  export RUN_DIR [--out DIR]
+                          newest checkpoint's weights as safetensors, plus the model config
 
 examples:
   trainer train
@@ -46,6 +49,7 @@ def train(cfg: DictConfig) -> float:
     from trainer.build import build
     from trainer.display import Display
     from trainer.loop import train as train_loop
+    from trainer.guard import Diverged
     from trainer.preemption import Preempted
 
     try:
@@ -58,7 +62,7 @@ def train(cfg: DictConfig) -> float:
     display.start(cfg, run_dir, str(run.device), sum(p.numel() for p in run.params))
     try:
         summary = train_loop(run, run_dir, display)
-    except Preempted as e:
+    except (Preempted, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except ConfigError as e:  # a checkpoint that does not fit, found while resuming
@@ -131,15 +135,14 @@ def main(argv: list[str] | None = None) -> None:
             print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before",
                   file=sys.stderr)
             sys.exit(130)
-    elif command == "bench":
-        from trainer.bench import main as bench
-
+    elif command in ("bench", "export"):
+        module = importlib.import_module(f"trainer.{command}")
         try:
-            bench(rest)
+            module.main(rest)
         except Exception as e:
             _fail(e)
     else:
-        print(f"error: unknown command '{command}' (commands: train, bench)\n\n{USAGE}", file=sys.stderr, end="")
+        print(f"error: unknown command '{command}' (commands: train, bench, export)\n\n{USAGE}", file=sys.stderr, end="")
         sys.exit(2)
 
 

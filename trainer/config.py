@@ -153,6 +153,7 @@ class FP16Config(AmpConfig):
     growth_factor: float = _checked(lambda v: v > 1, "must be > 1")
     backoff_factor: float = _open_unit()
     growth_interval: int = _positive()
+    min_scale: float = _positive()
 
 
 def _valid_norm_type(v: float) -> bool:
@@ -205,6 +206,15 @@ class CheckpointConfig:
     resume: str = MISSING  # none | auto | path to a checkpoint file
 
 
+@dataclass
+class GuardConfig:
+    spike: bool = MISSING
+    window: int = _checked(lambda v: v >= 5, "must be >= 5")
+    threshold: float = _positive()
+    nonfinite_steps: int = _positive()
+    max_rollbacks: int = _non_negative()
+
+
 SCHEMAS = {
     "model": {"gpt": ModelConfig, "bert": BertConfig},
     "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig},
@@ -214,6 +224,7 @@ SCHEMAS = {
     "clip": {"norm": NormClipConfig, "value": ValueClipConfig, "none": NoClipConfig},
     "trainer": {"default": TrainerConfig},
     "checkpoint": {"default": CheckpointConfig},
+    "guard": {"default": GuardConfig},
 }
 
 
@@ -255,4 +266,8 @@ def validate(cfg: DictConfig) -> None:
         )
     if "max_seq_len" in model and "seq_len" in cfg.data and cfg.data.seq_len > model.max_seq_len:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_seq_len={model.max_seq_len}")
+    # The guard checks losses at log steps; a checkpoint must only ever follow a checked interval.
+    if cfg.guard.spike and cfg.checkpoint.every % cfg.trainer.log_every:
+        raise ConfigError(f"checkpoint.every={cfg.checkpoint.every} must be a multiple of "
+                          f"trainer.log_every={cfg.trainer.log_every} when guard.spike=true")
 

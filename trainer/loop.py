@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from torch.utils.tensorboard import SummaryWriter
 
 from trainer import checkpoint
 from trainer.build import Run
 from trainer.display import Display
+from trainer.guard import Diverged, SpikeGuard
 from trainer.metrics import Meter
 from trainer.preemption import Preempted, StopRequest
 from trainer.state import capture, find_resume, restore
@@ -46,17 +48,32 @@ def _count(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
     return len(first), (ids.numel() if ids is not None else len(first))
 
 
+def _rollback(run: Run, ckpt_dir: Path, meter: Meter, guard: SpikeGuard, bad: list[int],
+              positions: dict[int, list[tuple[int, int]]]) -> tuple[int, list[float]]:
+    """Restore the newest checkpoint and never hand out the bad steps' batches again."""
+    if guard.rollbacks >= guard.max_rollbacks:
+        raise Diverged(f"loss spike at step {bad[0]} after {guard.rollbacks} rollbacks (guard.max_rollbacks): "
+                       "training has diverged; lower optim.lr or clip harder")
+    path, state = checkpoint.latest(ckpt_dir)
+    skip = run.train_batches.skip | {p for s in bad for p in positions[s]}
+    rollbacks = guard.rollbacks + 1
+    restore(run, state, path, meter, guard)
+    run.train_batches.skip, guard.rollbacks = skip, rollbacks
+    return state["step"], state["eval_losses"]
+
+
 def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
     """Train to trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary."""
-    t, c = run.cfg.trainer, run.cfg.checkpoint
+    t, c, g = run.cfg.trainer, run.cfg.checkpoint, run.cfg.guard
     ckpt_dir = Path(c.dir) if c.dir else run_dir / "checkpoints"
-    meter = Meter(run.device)
+    meter = Meter(run.device, t.log_every)
+    guard = SpikeGuard(g.window, g.threshold, g.nonfinite_steps, g.max_rollbacks) if g.spike else None
     eval_losses: list[float] = []
     start_step = 0
     found = find_resume(run, ckpt_dir, display)
     if found:
         path, state = found
-        restore(run, state, path, meter)
+        restore(run, state, path, meter, guard)
         start_step, eval_losses = state["step"], state["eval_losses"]
         display.print(f"resumed from {path} at step {start_step}")
 
@@ -66,17 +83,28 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
     writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
     writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
     per_step_schedule = not isinstance(run.scheduler, ReduceLROnPlateau)
-    save = lambda step: checkpoint.save(ckpt_dir, step, capture(run, step, meter, eval_losses), c.keep_last)  # noqa: E731
+
+    def save(step: int) -> Path:
+        return checkpoint.save(ckpt_dir, step, capture(run, step, meter, eval_losses, guard), c.keep_last)
+
+    if guard and not checkpoint.checkpoints(ckpt_dir):
+        save(start_step)  # something to roll back to before the first checkpoint is due
 
     m: dict[str, float] = {}
     clipped_total = 0.0
+    positions: dict[int, list[tuple[int, int]]] = {}  # this interval's batch positions, for the guard
     start = time.perf_counter()
     run.model.train()
     display.step(start_step)
+    step = start_step
     try:
         with StopRequest() as stop:
-            for step in range(start_step + 1, t.max_steps + 1):
-                micro = [next(run.train_batches) for _ in range(t.grad_accum)]
+            while step < t.max_steps:
+                step += 1
+                micro = []
+                for _ in range(t.grad_accum):
+                    micro.append(next(run.train_batches))
+                    positions.setdefault(step, []).append(run.train_batches.last)
                 counts = [_count(b) for b in micro]
                 samples, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
                 result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro),
@@ -88,13 +116,30 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
                 display.step(step)
 
                 if step % t.log_every == 0 or step == t.max_steps:
-                    m = meter.read()
+                    m, losses = meter.read()
+                    bad = guard.bad_steps(list(range(step - len(losses) + 1, step + 1)), losses) if guard else []
+                    if bad:
+                        spike = losses[bad[0] - step - 1]
+                        step, eval_losses = _rollback(run, ckpt_dir, meter, guard, bad, positions)
+                        positions.clear()
+                        # Tell TensorBoard the steps after the checkpoint are being redone.
+                        writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+                        display.print(f"loss {spike:.4g} at step {bad[0]}: rolled back to step {step}, skipping "
+                                      f"its batches (rollback {guard.rollbacks}/{guard.max_rollbacks})")
+                        continue
+                    positions.clear()
                     clipped_total = m.pop("clipped_total")
                     m["train/lr"] = lr
                     m["train/loss_scale"] = run.precision.loss_scale()
+                    if guard:
+                        m["train/rollbacks"] = guard.rollbacks
                     for tag, value in m.items():
                         writer.add_scalar(tag, value, step)
                     display.log(step, m, m["train/loss_scale"], lr)
+                    if m["train/loss_scale"] < run.precision.min_scale:
+                        raise Diverged(f"loss scale {m['train/loss_scale']:g} fell below amp.min_scale="
+                                       f"{run.precision.min_scale:g} at step {step}: training has diverged; "
+                                       "lower optim.lr or use amp=bf16")
                 if step % t.eval_every == 0 or step == t.max_steps:
                     loss = evaluate(run)
                     eval_losses.append(loss)
@@ -121,6 +166,7 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
         "final train loss": m.get("train/loss", float("nan")),
         "clip fraction": clipped_total / t.max_steps,
         "skipped steps": int(m.get("train/skipped_steps", 0)),
+        "rollbacks": guard.rollbacks if guard else 0,
         "final loss scale": m.get("train/loss_scale", run.precision.loss_scale()),
         "time (s)": time.perf_counter() - start,
         "steps": t.max_steps,

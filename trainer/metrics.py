@@ -15,8 +15,9 @@ _LOSS, _FINITE_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(6)
 class Meter:
     """Sums over a log interval. ``add`` queues device work only; ``read`` is the one host sync."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, capacity: int):
         self.sums = torch.zeros(6, device=device)
+        self.losses = torch.zeros(capacity, device=device)  # each step's loss in this interval
         self.skipped_total = torch.zeros((), device=device)
         self.clipped_total = torch.zeros((), device=device)
         self.steps = 0
@@ -39,6 +40,7 @@ class Meter:
             (r.clipped & ok).float(),
             ok.float(),
         ])
+        self.losses[self.steps] = r.loss
         self.skipped_total += (~ok).float()
         self.clipped_total += (r.clipped & ok).float()
         self.steps += 1
@@ -46,17 +48,19 @@ class Meter:
         self.tokens += tokens
 
     def state_dict(self) -> dict[str, object]:
-        return {"sums": self.sums, "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
+        return {"sums": self.sums, "losses": self.losses, "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
                 "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        for name in ("sums", "skipped_total", "clipped_total"):
+        for name in ("sums", "losses", "skipped_total", "clipped_total"):
             getattr(self, name).copy_(state[name])
         self.steps, self.samples, self.tokens = state["steps"], state["samples"], state["tokens"]
 
-    def read(self) -> dict[str, float]:
-        """Averages since the last read, then reset. Waits for the device."""
-        *sums, skipped, clipped = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None]]).tolist()
+    def read(self) -> tuple[dict[str, float], list[float]]:
+        """Averages since the last read and each step's loss, then reset. The one wait for the device."""
+        values = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None], self.losses[:self.steps]])
+        host = values.tolist()
+        sums, skipped, clipped, losses = host[:6], host[6], host[7], host[8:]
         elapsed = time.perf_counter() - self.started
         def mean(total: int, count: int) -> float:
             return sums[total] / sums[count] if sums[count] else float("nan")
@@ -75,4 +79,4 @@ class Meter:
         self.sums.zero_()
         self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
-        return out
+        return out, losses

@@ -18,6 +18,7 @@ class Precision:
     device_type: str
     dtype: torch.dtype | None  # autocast dtype; None: plain fp32, no autocast
     scaler: torch.amp.GradScaler | None = None
+    min_scale: float = 0.0  # a loss scale below this means training has diverged
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -73,7 +74,7 @@ def bf16(device: torch.device) -> Precision:
 
 
 def fp16(device: torch.device, init_scale: float, growth_factor: float, backoff_factor: float,
-         growth_interval: int) -> Precision:
+         growth_interval: int, min_scale: float = 0.0) -> Precision:
     scaler = torch.amp.GradScaler(device.type, init_scale=init_scale, growth_factor=growth_factor,
                                   backoff_factor=backoff_factor, growth_interval=growth_interval)
-    return Precision("fp16", device.type, torch.float16, scaler)
+    return Precision("fp16", device.type, torch.float16, scaler, min_scale)

@@ -13,6 +13,7 @@ from trainer import checkpoint
 from trainer.build import Run
 from trainer.config import ConfigError
 from trainer.display import Display
+from trainer.guard import SpikeGuard
 from trainer.metrics import Meter
 
 # Config sections a checkpoint must agree with: the model's shape and the optimizer's and
@@ -24,7 +25,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile's wrapper
 
 
-def capture(run: Run, step: int, meter: Meter, eval_losses: list[float]) -> dict[str, Any]:
+def capture(run: Run, step: int, meter: Meter, eval_losses: list[float], guard: SpikeGuard | None) -> dict[str, Any]:
     """Everything needed to continue exactly after `step`: weights, optimizer, schedule, scaler, data, RNGs."""
     return {
         "step": step,
@@ -41,6 +42,7 @@ def capture(run: Run, step: int, meter: Meter, eval_losses: list[float]) -> dict
         },
         "meter": meter.state_dict(),
         "eval_losses": list(eval_losses),
+        "guard": guard.state_dict() if guard else {},
         "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
     }
 
@@ -51,7 +53,7 @@ def _section(container: dict, dotted: str) -> Any:
     return container
 
 
-def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter) -> None:
+def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: SpikeGuard | None) -> None:
     """Load a checkpoint into run; a config it does not fit is a ConfigError naming the key."""
     current = OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True)
     for dotted in _MUST_MATCH:
@@ -79,6 +81,8 @@ def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter) -> None:
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     meter.load_state_dict(state["meter"])
+    if guard and state["guard"]:
+        guard.load_state_dict(state["guard"])
 
 
 def find_resume(run: Run, ckpt_dir: Path, display: Display) -> tuple[Path, dict[str, Any]] | None:

@@ -40,6 +40,8 @@ class BatchStream:
         self.batch_size = loader_kwargs["batch_size"]
         self.epoch = 0
         self.index = 0  # batches of this epoch already handed out
+        self.last = (0, -1)  # (epoch, index) of the batch handed out last
+        self.skip: set[tuple[int, int]] = set()  # positions never to hand out (the spike guard's)
         self._it: Iterator | None = None
 
     def __iter__(self) -> "BatchStream":
@@ -54,11 +56,13 @@ class BatchStream:
         except StopIteration:
             self.epoch, self.index, self._it = self.epoch + 1, 0, None
             return next(self)
+        self.last = (self.epoch, self.index)
         self.index += 1
-        return batch
+        return next(self) if self.last in self.skip else batch
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
+    def state_dict(self) -> dict[str, object]:
+        return {"epoch": self.epoch, "index": self.index, "skip": sorted(list(p) for p in self.skip)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, object]) -> None:
         self.epoch, self.index, self._it = state["epoch"], state["index"], None
+        self.skip = {tuple(p) for p in state["skip"]}

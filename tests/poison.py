@@ -1,0 +1,41 @@
+"""A data source with one poisoned training sample, and a model whose loss explodes on it."""
+
+import torch
+from torch.utils.data import Dataset
+
+from tests.user_model import BigramLM
+from trainer.data import SyntheticData
+
+POISON_INDEX = -1  # the training sample to poison; tests set it
+
+
+class _Flagged(Dataset):
+    def __init__(self, inner, poison_index):
+        self.inner, self.poison_index = inner, poison_index
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        return {**self.inner[i], "poison": torch.tensor(float(i == self.poison_index))}
+
+
+class PoisonedData(SyntheticData):
+    def __init__(self, **keys):
+        super().__init__(**keys)
+        self.train = _Flagged(self.train, POISON_INDEX)
+        self.eval = _Flagged(self.eval, -1)
+
+
+class PoisonableLM(BigramLM):
+    """A poisoned sample multiplies the loss, and so every gradient, by 1000."""
+
+    def forward(self, input_ids, poison):
+        return super().forward(input_ids) * (1 + 999 * poison.max())
+
+
+class OverflowingLM(BigramLM):
+    """Gradients far beyond fp16's range on every step: a run whose loss scale can only fall."""
+
+    def forward(self, input_ids):
+        return super().forward(input_ids) * 1e30

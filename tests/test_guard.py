@@ -1,0 +1,76 @@
+"""The loss-spike guard: its decisions on scripted losses, and a real rollback past a poisoned batch."""
+
+import math
+
+import pytest
+import torch
+
+import tests.poison
+from tests.conftest import TINY, make_config, read_scalars
+from trainer.build import build
+from trainer.display import Display
+from trainer.guard import Diverged, SpikeGuard
+from trainer.loop import train
+
+
+def test_spike_is_judged_against_the_running_window():
+    guard = SpikeGuard(window=6, threshold=3.0, nonfinite_steps=2, max_rollbacks=1)
+    calm = [2.0, 2.1, 1.9, 2.0, 2.05, 1.95]  # mean 2.0, std ~0.065: the bar is ~2.19
+    assert guard.bad_steps(list(range(1, 7)), calm) == []
+    assert guard.bad_steps([7, 8, 9], [2.1, 2.5, 2.0]) == [8]
+    assert list(guard.history)[-1] == 2.1  # the spike did not join the history
+
+
+def test_no_verdict_before_half_a_window_and_nan_runs():
+    guard = SpikeGuard(window=10, threshold=3.0, nonfinite_steps=2, max_rollbacks=1)
+    assert guard.bad_steps([1, 2, 3], [5.0, 1.0, 50.0]) == []  # too little history to judge
+    assert guard.bad_steps([4, 5, 6], [math.nan, 1.0, math.inf]) == []  # not two in a row
+    assert guard.bad_steps([7, 8], [math.nan, math.inf]) == [7, 8]
+
+
+GUARDED = [*TINY, "model._target_=tests.poison.PoisonableLM", "data._target_=tests.poison.PoisonedData",
+           "data.num_samples=800", "optim=sgd", "optim.lr=0.5", "optim.momentum=0", "sched=constant",
+           "clip=none", "trainer.max_steps=60", "trainer.log_every=5", "trainer.eval_every=60",
+           "checkpoint.every=5"]
+POISON_STEP = 21
+
+
+def run(tmp_path, monkeypatch, *extra):
+    # The first sample of step 21's batch: the epoch-0 order is a permutation seeded by trainer.seed=0.
+    order = torch.randperm(800, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(tests.poison, "POISON_INDEX", int(order[8 * (POISON_STEP - 1)]))
+    cfg = make_config(*GUARDED, *extra)
+    return train(build(cfg), tmp_path, Display(60, quiet=True))
+
+
+def test_poisoned_batch_is_rolled_back_and_skipped(tmp_path, monkeypatch):
+    clean = run(tmp_path / "clean", monkeypatch, "data._target_=trainer.data.SyntheticData",
+                "model._target_=tests.user_model.BigramLM")
+    unguarded = run(tmp_path / "unguarded", monkeypatch)
+    guarded = run(tmp_path / "guarded", monkeypatch, "guard.spike=true", "guard.window=10")
+
+    assert guarded["rollbacks"] == 1
+    rollbacks = dict(read_scalars(tmp_path / "guarded")["train/rollbacks"])
+    assert rollbacks[POISON_STEP - 1] == 0 and rollbacks[60] == 1
+    assert guarded["final eval loss"] == pytest.approx(clean["final eval loss"], rel=0.05)
+    # Without the guard the poisoned step wrecks the run: the test can tell the difference.
+    assert not unguarded["final eval loss"] < 2 * clean["final eval loss"]
+
+
+def test_gives_up_after_max_rollbacks(tmp_path, monkeypatch):
+    with pytest.raises(Diverged, match="guard.max_rollbacks"):
+        run(tmp_path, monkeypatch, "guard.spike=true", "guard.window=10", "guard.max_rollbacks=0")
+
+
+def test_checkpoints_must_follow_checked_intervals():
+    from trainer.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="checkpoint.every=7 must be a multiple of trainer.log_every=5"):
+        validate(make_config(*GUARDED, "guard.spike=true", "checkpoint.every=7"))
+
+
+def test_fp16_stops_when_the_loss_scale_collapses(tmp_path):
+    cfg = make_config(*TINY, "model._target_=tests.poison.OverflowingLM", "amp=fp16", "amp.init_scale=8",
+                      "amp.min_scale=1", "trainer.max_steps=50", "trainer.log_every=5")
+    with pytest.raises(Diverged, match=r"loss scale 0.25 fell below amp.min_scale=1 at step 5"):
+        train(build(cfg), tmp_path, Display(50, quiet=True))

@@ -1,0 +1,41 @@
+"""`trainer export RUN_DIR`: the newest checkpoint's weights as safetensors, with the model config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from trainer import checkpoint
+from trainer.config import ConfigError
+
+
+def export(run_dir: Path, out: Path | None = None) -> Path:
+    """Write out/model.safetensors and out/config.json (out defaults to RUN_DIR/export); return out."""
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    ckpt_dir = OmegaConf.load(cfg_file).checkpoint.dir or run_dir / "checkpoints"
+    found = checkpoint.latest(Path(ckpt_dir))
+    if found is None:
+        raise ConfigError(f"{run_dir}: no loadable checkpoint in {ckpt_dir}")
+    path, state = found
+    out = out or run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.contiguous() for k, v in state["model"].items()}
+    save_file(weights, str(out / "model.safetensors"), metadata={"step": str(state["step"])})
+    model_cfg = {**state["config"]["model"], "step": state["step"], "checkpoint": str(path)}
+    (out / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="trainer export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/export)")
+    args = parser.parse_args(argv)
+    out = export(args.run_dir, args.out)
+    print(f"exported: {out / 'model.safetensors'} and {out / 'config.json'}")
