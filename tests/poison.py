@@ -39,3 +39,21 @@ class OverflowingLM(BigramLM):
 
     def forward(self, input_ids):
         return super().forward(input_ids) * 1e30
+
+
+class ExplodingLM(BigramLM):
+    """At training forward call number EXPLODE_AT the loss, and so every gradient, is multiplied by 1e4."""
+
+    EXPLODE_AT = -1
+
+    def __init__(self, **keys):
+        super().__init__(**keys)
+        self.calls = 0
+
+    def forward(self, input_ids):
+        loss = super().forward(input_ids)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.EXPLODE_AT:
+                return loss * 1e4
+        return loss

@@ -141,9 +141,22 @@ def test_resume_into_a_different_model_shape_names_the_key(tmp_path):
         train(build(cfg), tmp_path, Display(4, quiet=True))
 
 
-def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkeypatch):
+STATEFUL_CLIPS = {
+    "norm": [],
+    "zclip": ["clip=zclip", "clip.warmup_steps=5"],
+    "autoclip": ["clip=autoclip", "clip.history=4"],
+    "agc": ["clip=agc"],
+    # max_norm so low that the controller lowers the lr every 2 steps: its state must carry over.
+    "controller": ["clip.controller=true", "clip.max_norm=0.01", "clip.patience=2", "clip.relax_after=3",
+                   "clip.warmup_steps=0"],
+}
+
+
+@pytest.mark.parametrize("clip", list(STATEFUL_CLIPS))
+def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkeypatch, clip):
     """The kill test's check without processes: SIGTERM during step 6, resume, compare steps 7..12."""
-    common = [*TINY, "trainer.max_steps=12", "trainer.log_every=1", "data.num_samples=40", "model.dropout=0.1"]
+    common = [*TINY, "trainer.max_steps=12", "trainer.log_every=1", "data.num_samples=40", "model.dropout=0.1",
+              *STATEFUL_CLIPS[clip]]
     ref = tmp_path / "ref"
     train(build(make_config(*common)), ref, Display(12, quiet=True))
 
@@ -166,3 +179,6 @@ def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkey
     assert sorted(got) == list(range(1, 13))
     for step in range(1, 13):
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+    if clip == "controller":
+        assert per_step(run, "clip/lr_scale") == per_step(ref, "clip/lr_scale")
+        assert per_step(ref, "clip/lr_scale")[12] < 0.1

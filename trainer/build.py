@@ -103,6 +103,8 @@ def build(cfg: DictConfig) -> Run:
     scheduler = _build("sched", cfg.sched, optimizer=optimizer, max_steps=cfg.trainer.max_steps)
     precision = _build("amp", cfg.amp, device=device)
     clip = _build("clip", cfg.clip)
+    if hasattr(clip, "bind"):  # AGC resolves its exclude patterns against parameter names
+        clip.bind(model)
     if cfg.trainer.compile:
         model = torch.compile(model)
     return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_batches, eval_loader)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
+from trainer.controller import Controller
+
 
 class ClipResult(NamedTuple):
     norm: torch.Tensor  # total gradient norm before clipping (norm_type of the policy, else L2)
@@ -26,11 +28,16 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class NormClip:
-    """Scale all gradients together so their total norm is at most max_norm (torch's clip_grad_norm_)."""
+    """Scale all gradients together so their total norm is at most max_norm (torch's clip_grad_norm_).
 
-    def __init__(self, max_norm: float, norm_type: float = 2.0):
+    With ``controller=True`` it carries a Controller (trainer/controller.py) that may move
+    max_norm and ask the loop to lower the LR; the other keys configure it.
+    """
+
+    def __init__(self, max_norm: float, norm_type: float = 2.0, controller: bool = False, **controller_keys):
         self.max_norm = float(max_norm)
         self.norm_type = float(norm_type)
+        self.controller = Controller(**controller_keys) if controller else None
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
         norm = get_total_norm(_grads(params), self.norm_type, foreach=True)
@@ -38,6 +45,14 @@ class NormClip:
         # The coefficient torch applied, so the post-clip norm needs no second pass over the grads.
         coef = torch.clamp(self.max_norm / (norm + 1e-6), max=1.0)
         return ClipResult(norm, norm * coef, norm > self.max_norm)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"max_norm": self.max_norm, "controller": self.controller.state_dict() if self.controller else {}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.max_norm = state["max_norm"]
+        if self.controller:
+            self.controller.load_state_dict(state["controller"])
 
 
 class ValueClip:

@@ -165,6 +165,37 @@ class NormClipConfig:
     _target_: str = MISSING
     max_norm: float = _positive()
     norm_type: float = _checked(_valid_norm_type, "must be > 0 or inf (2, 1, inf)")
+    controller: bool = MISSING
+    patience: int = _positive()
+    lr_factor: float = _open_unit()
+    relax_after: int = _positive()
+    percentile: float = _checked(lambda v: 0 < v <= 100, "must be in (0, 100]")
+    warmup_steps: int = _non_negative()
+
+
+@dataclass
+class ZClipConfig:
+    _target_: str = MISSING
+    alpha: float = _open_unit()
+    z_thresh: float = _positive()
+    warmup_steps: int = _positive()
+    eps: float = _positive()
+    max_norm: Optional[float] = _positive()
+
+
+@dataclass
+class AutoClipConfig:
+    _target_: str = MISSING
+    percentile: float = _checked(lambda v: 0 < v <= 100, "must be in (0, 100]")
+    history: int = _positive()
+
+
+@dataclass
+class AGCConfig:
+    _target_: str = MISSING
+    clipping: float = _positive()
+    eps: float = _positive()
+    exclude: List[str] = MISSING
 
 
 @dataclass
@@ -215,16 +246,23 @@ class GuardConfig:
     max_rollbacks: int = _non_negative()
 
 
+@dataclass
+class LogConfig:
+    per_layer: bool = MISSING
+
+
 SCHEMAS = {
     "model": {"gpt": ModelConfig, "bert": BertConfig},
     "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig},
     "optim": {"adamw": AdamWConfig, "sgd": SGDConfig},
     "sched": {"cosine": CosineConfig, "constant": ConstantConfig, "plateau": PlateauConfig},
     "amp": {"fp32": AmpConfig, "bf16": AmpConfig, "fp16": FP16Config},
-    "clip": {"norm": NormClipConfig, "value": ValueClipConfig, "none": NoClipConfig},
+    "clip": {"norm": NormClipConfig, "value": ValueClipConfig, "none": NoClipConfig, "zclip": ZClipConfig,
+             "autoclip": AutoClipConfig, "agc": AGCConfig},
     "trainer": {"default": TrainerConfig},
     "checkpoint": {"default": CheckpointConfig},
     "guard": {"default": GuardConfig},
+    "log": {"default": LogConfig},
 }
 
 

@@ -83,6 +83,14 @@ class Display:
         else:
             self.print(line)
 
+    def note(self, msg: str) -> None:
+        """A one-line event (a rollback, a controller decision): on the terminal and in train.log."""
+        log.info(msg)
+        if self.progress:
+            self.progress.console.print(msg)
+        else:
+            self.print(msg)
+
     def eval(self, step: int, loss: float) -> None:
         msg = f"step {step}/{self.max_steps}  eval/loss {loss:.4f}"
         log.info(msg)

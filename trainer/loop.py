@@ -17,6 +17,7 @@ from trainer import checkpoint
 from trainer.build import Run
 from trainer.display import Display
 from trainer.guard import Diverged, SpikeGuard
+from trainer.layers import LayerProbe
 from trainer.metrics import Meter
 from trainer.preemption import Preempted, StopRequest
 from trainer.state import capture, find_resume, restore
@@ -62,12 +63,40 @@ def _rollback(run: Run, ckpt_dir: Path, meter: Meter, guard: SpikeGuard, bad: li
     return state["step"], state["eval_losses"]
 
 
+def scale_lr(run: Run, factor: float) -> None:
+    """Multiply the LR from now on, the schedule's base included, so the schedule keeps its shape."""
+    for group in run.optimizer.param_groups:
+        group["lr"] *= factor
+    if hasattr(run.scheduler, "base_lrs"):
+        run.scheduler.base_lrs = [lr * factor for lr in run.scheduler.base_lrs]
+
+
+def steer(run: Run, first_step: int, norms: list[float], display: Display) -> None:
+    """Feed the clip controller one interval's per-step norms and apply what it decides."""
+    clip, controller = run.clip, run.clip.controller
+    for step, norm in enumerate(norms, first_step):
+        decision = controller.observe(step, norm, clip.max_norm)
+        if decision is None:
+            continue
+        kind, value = decision
+        if kind == "lr":
+            scale_lr(run, value)
+            display.note(f"clip controller, step {step}: norm above 0.9 x max_norm for {controller.patience} steps, "
+                         f"lr x {value:g} (lr scale now {controller.lr_scale:g})")
+        else:
+            display.note(f"clip controller, step {step}: nothing clipped for {controller.relax_after} steps, "
+                         f"max_norm {clip.max_norm:.4g} -> {value:.4g} (p{controller.q:g} of recent norms)")
+            clip.max_norm = value
+
+
 def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
     """Train to trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary."""
     t, c, g = run.cfg.trainer, run.cfg.checkpoint, run.cfg.guard
     ckpt_dir = Path(c.dir) if c.dir else run_dir / "checkpoints"
     meter = Meter(run.device, t.log_every)
     guard = SpikeGuard(g.window, g.threshold, g.nonfinite_steps, g.max_rollbacks) if g.spike else None
+    controller = getattr(run.clip, "controller", None)
+    probe = LayerProbe(run.model) if run.cfg.log.per_layer else None
     eval_losses: list[float] = []
     start_step = 0
     found = find_resume(run, ckpt_dir, display)
@@ -107,25 +136,27 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
                     positions.setdefault(step, []).append(run.train_batches.last)
                 counts = [_count(b) for b in micro]
                 samples, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
+                log_step = step % t.log_every == 0 or step == t.max_steps
                 result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro),
-                                    t.grad_accum, run.precision, run.clip, run.params)
+                                    t.grad_accum, run.precision, run.clip, run.params, probe if log_step else None)
                 lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used
                 if per_step_schedule:
                     run.scheduler.step()
                 meter.add(result, samples, tokens)
                 display.step(step)
 
-                if step % t.log_every == 0 or step == t.max_steps:
-                    m, losses = meter.read()
-                    bad = guard.bad_steps(list(range(step - len(losses) + 1, step + 1)), losses) if guard else []
+                if log_step:
+                    m, per_step = meter.read()
+                    losses, first = per_step["loss"], step - len(per_step["loss"]) + 1
+                    bad = guard.bad_steps(list(range(first, step + 1)), losses) if guard else []
                     if bad:
-                        spike = losses[bad[0] - step - 1]
+                        spike = losses[bad[0] - first]
                         step, eval_losses = _rollback(run, ckpt_dir, meter, guard, bad, positions)
                         positions.clear()
                         # Tell TensorBoard the steps after the checkpoint are being redone.
                         writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
-                        display.print(f"loss {spike:.4g} at step {bad[0]}: rolled back to step {step}, skipping "
-                                      f"its batches (rollback {guard.rollbacks}/{guard.max_rollbacks})")
+                        display.note(f"loss {spike:.4g} at step {bad[0]}: rolled back to step {step}, skipping "
+                                     f"its batches (rollback {guard.rollbacks}/{guard.max_rollbacks})")
                         continue
                     positions.clear()
                     clipped_total = m.pop("clipped_total")
@@ -133,6 +164,11 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
                     m["train/loss_scale"] = run.precision.loss_scale()
                     if guard:
                         m["train/rollbacks"] = guard.rollbacks
+                    if controller:
+                        steer(run, first, per_step["norm"], display)
+                        m["clip/max_norm"], m["clip/lr_scale"] = run.clip.max_norm, controller.lr_scale
+                    if probe:
+                        m.update(probe.read())
                     for tag, value in m.items():
                         writer.add_scalar(tag, value, step)
                     display.log(step, m, m["train/loss_scale"], lr)

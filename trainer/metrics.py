@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from trainer.config import ConfigError
 from trainer.step import StepResult
 
 # The order of the running sums in Meter.sums.
@@ -17,7 +18,8 @@ class Meter:
 
     def __init__(self, device: torch.device, capacity: int):
         self.sums = torch.zeros(6, device=device)
-        self.losses = torch.zeros(capacity, device=device)  # each step's loss in this interval
+        # Each step's loss and pre-clip norm in this interval, for the spike guard and the controller.
+        self.per_step = torch.zeros(2, capacity, device=device)
         self.skipped_total = torch.zeros((), device=device)
         self.clipped_total = torch.zeros((), device=device)
         self.steps = 0
@@ -40,7 +42,7 @@ class Meter:
             (r.clipped & ok).float(),
             ok.float(),
         ])
-        self.losses[self.steps] = r.loss
+        self.per_step[:, self.steps] = torch.stack([r.loss, r.norm])
         self.skipped_total += (~ok).float()
         self.clipped_total += (r.clipped & ok).float()
         self.steps += 1
@@ -48,19 +50,25 @@ class Meter:
         self.tokens += tokens
 
     def state_dict(self) -> dict[str, object]:
-        return {"sums": self.sums, "losses": self.losses, "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
+        return {"sums": self.sums, "per_step": self.per_step, "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
                 "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        for name in ("sums", "losses", "skipped_total", "clipped_total"):
+        for name in ("sums", "skipped_total", "clipped_total"):
             getattr(self, name).copy_(state[name])
         self.steps, self.samples, self.tokens = state["steps"], state["samples"], state["tokens"]
+        if self.steps >= self.per_step.shape[1]:
+            raise ConfigError(f"trainer.log_every={self.per_step.shape[1]}: the checkpoint is {self.steps} steps "
+                              "into a log interval; resume with the trainer.log_every it was written with")
+        self.per_step[:, :self.steps] = state["per_step"][:, :self.steps]
 
-    def read(self) -> tuple[dict[str, float], list[float]]:
-        """Averages since the last read and each step's loss, then reset. The one wait for the device."""
-        values = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None], self.losses[:self.steps]])
+    def read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Averages since the last read, and each step's loss and norm; then reset. One wait for the device."""
+        values = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None],
+                            self.per_step[:, :self.steps].flatten()])
         host = values.tolist()
-        sums, skipped, clipped, losses = host[:6], host[6], host[7], host[8:]
+        sums, skipped, clipped = host[:6], host[6], host[7]
+        per_step = {"loss": host[8:8 + self.steps], "norm": host[8 + self.steps:]}
         elapsed = time.perf_counter() - self.started
         def mean(total: int, count: int) -> float:
             return sums[total] / sums[count] if sums[count] else float("nan")
@@ -79,4 +87,4 @@ class Meter:
         self.sums.zero_()
         self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
-        return out, losses
+        return out, per_step

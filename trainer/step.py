@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from trainer.clipping import ClipResult
+from trainer.layers import LayerProbe
 from trainer.precision import Precision
 
 
@@ -41,8 +42,12 @@ def train_step(
     precision: Precision,
     clip: Callable[[list[torch.Tensor]], ClipResult],
     params: list[torch.Tensor],
+    probe: LayerProbe | None = None,
 ) -> StepResult:
-    """Accumulate gradients over grad_accum micro-batches, then clip once and step once."""
+    """Accumulate gradients over grad_accum micro-batches, then clip once and step once.
+
+    A probe (log steps only, with log.per_layer=true) measures per-layer norms and updates.
+    """
     loss_sum = torch.zeros((), device=params[0].device)
     for i, batch in enumerate(micro_batches):
         with _sync_gradients(model, last=i == grad_accum - 1):
@@ -54,8 +59,14 @@ def train_step(
         loss_sum += loss.detach()
 
     precision.unscale_(optimizer)  # clip thresholds and logged norms are in true units
+    if probe:
+        probe.measure_grads()
     result = clip(params)
     finite = torch.isfinite(result.norm)
+    if probe:
+        probe.snapshot()
     precision.step(optimizer, finite)
+    if probe:
+        probe.measure_updates()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss_sum, result.norm, result.clipped_norm, result.clipped, finite)

@@ -1,0 +1,144 @@
+"""Adaptive clipping policies: AGC, ZClip and AutoClip. Same interface as trainer/clipping.py.
+
+Their statistics live on the device and every decision is a tensor operation, so none of them
+adds a host sync to the step. Non-finite norms (a step that will be skipped) never enter the
+statistics. Their state is saved in checkpoints (``state_dict``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+from trainer.clipping import ClipResult, _grads
+
+
+def _clip_to(params: list[torch.Tensor], norm: torch.Tensor, target: torch.Tensor) -> ClipResult:
+    """Scale all gradients so their total L2 norm is at most target (a tensor; inf: leave them)."""
+    clip_grads_with_norm_(params, target, norm, foreach=True)
+    coef = torch.clamp(target / (norm + 1e-6), max=1.0)
+    return ClipResult(norm, norm * coef, coef < 1.0)
+
+
+class ZClip:
+    """Z-score clipping (Kumar et al., 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training").
+
+    After ``warmup_steps`` steps whose norms seed the mean and variance, an EMA (``alpha``) of the
+    total norm's mean and variance is kept. A norm whose z-score exceeds ``z_thresh`` is clipped to
+    mean + z_thresh * std / (z / z_thresh) (the paper's adaptive scaling: the further out, the
+    harder), and that clipped value, not the spike, updates the EMA. ``max_norm`` optionally caps
+    every step, warm-up included.
+    """
+
+    def __init__(self, alpha: float, z_thresh: float, warmup_steps: int, eps: float = 1e-6,
+                 max_norm: float | None = None):
+        self.alpha, self.z_thresh, self.warmup_steps, self.eps = alpha, z_thresh, warmup_steps, eps
+        self.max_norm = math.inf if max_norm is None else float(max_norm)
+        self.calls = 0  # a host counter: how many steps this policy has seen
+        self.buffer: torch.Tensor | None = None  # the warm-up norms
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        norm = get_total_norm(_grads(params), 2.0, foreach=True)
+        finite = torch.isfinite(norm)
+        if self.buffer is None:
+            self.buffer = torch.full((self.warmup_steps,), math.nan, device=norm.device)
+        cap = torch.full_like(norm, self.max_norm)
+        if self.calls < self.warmup_steps:
+            self.buffer[self.calls] = torch.where(finite, norm, math.nan)
+            self.calls += 1
+            if self.calls == self.warmup_steps:
+                self.mean = torch.nanmean(self.buffer)
+                self.var = torch.nanmean((self.buffer - self.mean) ** 2)
+            return _clip_to(params, norm, cap)
+        self.calls += 1
+        std = self.var.sqrt()
+        z = (norm - self.mean) / (std + self.eps)
+        spike = z > self.z_thresh
+        threshold = self.mean + self.z_thresh * std / (z / self.z_thresh)
+        target = torch.minimum(torch.where(spike, threshold, math.inf), cap)
+        seen = torch.where(spike, threshold, norm)
+        mean = self.alpha * self.mean + (1 - self.alpha) * seen
+        var = self.alpha * self.var + (1 - self.alpha) * (seen - mean) ** 2
+        self.mean, self.var = torch.where(finite, mean, self.mean), torch.where(finite, var, self.var)
+        return _clip_to(params, norm, target)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"calls": self.calls, "buffer": self.buffer, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.calls, self.buffer, self.mean, self.var = state["calls"], state["buffer"], state["mean"], state["var"]
+
+
+class AutoClip:
+    """AutoClip (Seetharaman et al., 2020): clip to the ``percentile``-th percentile of the norms seen.
+
+    The history, the current step included, is the last ``history`` finite norms (a ring buffer
+    on the device), so memory stays bounded on long runs.
+    """
+
+    def __init__(self, percentile: float, history: int):
+        self.q = percentile / 100.0
+        self.size = history
+        self.calls = 0
+        self.norms: torch.Tensor | None = None
+
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        norm = get_total_norm(_grads(params), 2.0, foreach=True)
+        if self.norms is None:
+            self.norms = torch.full((self.size,), math.nan, device=norm.device)
+        self.norms[self.calls % self.size] = torch.where(torch.isfinite(norm), norm, math.nan)
+        self.calls += 1
+        return _clip_to(params, norm, torch.nanquantile(self.norms, self.q))
+
+    def state_dict(self) -> dict[str, object]:
+        return {"calls": self.calls, "norms": self.norms}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.calls, self.norms = state["calls"], state["norms"]
+
+
+def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+    """Per output unit (row) for matrices and kernels; the whole tensor for biases and gains."""
+    if x.dim() <= 1:
+        return x.norm()
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+
+
+class AGC:
+    """Adaptive gradient clipping (Brock et al., 2021, NFNets), unit-wise.
+
+    Each unit's gradient norm is clipped to ``clipping`` times its weight norm (floored at
+    ``eps``). Biases and gains are one unit each, as in the paper's reference code. Parameters
+    whose names match a pattern in ``exclude`` (fnmatch, e.g. ``head.*``; the paper leaves the
+    final classifier unclipped) are left alone. The total norm is measured before and after.
+    """
+
+    def __init__(self, clipping: float, eps: float = 1e-3, exclude: list[str] | None = None):
+        self.clipping, self.eps = clipping, eps
+        self.exclude = list(exclude or [])
+        self.excluded: set[int] = set()  # ids of excluded parameters, set by bind()
+
+    def bind(self, model: nn.Module) -> None:
+        """Resolve exclude patterns to parameters; it needs their names, which __call__ does not get."""
+        self.excluded = {id(p) for name, p in model.named_parameters()
+                         if any(fnmatch.fnmatch(name, pat) for pat in self.exclude)}
+
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        grads = _grads(params)
+        norm = get_total_norm(grads, 2.0, foreach=True)
+        clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
+        for p in params:
+            if p.grad is None or id(p) in self.excluded:
+                continue
+            max_norm = unitwise_norm(p.detach()).clamp(min=self.eps) * self.clipping
+            grad_norm = unitwise_norm(p.grad)
+            trigger = grad_norm > max_norm
+            p.grad.mul_(torch.where(trigger, max_norm / grad_norm.clamp(min=1e-6), 1.0))
+            clipped |= trigger.any()
+        return ClipResult(norm, get_total_norm(grads, 2.0, foreach=True), clipped)

@@ -1,0 +1,67 @@
+"""The clip-threshold / LR controller for ``clip=norm`` (``clip.controller=true``).
+
+It automates two rules practitioners apply by hand, reading each step's pre-clip norm:
+
+- the norm stays above 0.9 x max_norm for ``patience`` steps in a row: clipping is hiding an LR
+  that is too high, so the LR is multiplied by ``lr_factor``;
+- after ``warmup_steps``, nothing was clipped for ``relax_after`` steps: the threshold is doing
+  nothing, so max_norm moves to the ``percentile``-th percentile of the last ``relax_after``
+  norms, where it will catch the next spike.
+
+The loop feeds it the per-step norms at each log interval (the one host read of the interval),
+so its decisions take effect from the next interval; each is logged as a line and as the
+``clip/max_norm`` and ``clip/lr_scale`` scalars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
+
+
+class Controller:
+    def __init__(self, patience: int, lr_factor: float, relax_after: int, percentile: float, warmup_steps: int):
+        self.patience, self.lr_factor = patience, lr_factor
+        self.relax_after, self.q, self.warmup_steps = relax_after, percentile, warmup_steps
+        self.recent: deque[float] = deque(maxlen=relax_after)
+        self.steps = 0  # finite steps seen
+        self.high = 0  # steps in a row with norm > 0.9 * max_norm
+        self.quiet = 0  # steps in a row, after warm-up, that did not clip
+        self.lr_scale = 1.0
+
+    def observe(self, step: int, norm: float, max_norm: float) -> tuple[str, float] | None:
+        """One step's pre-clip norm; returns ("lr", factor) or ("max_norm", new value) when it acts."""
+        if not math.isfinite(norm):
+            return None
+        self.steps += 1
+        self.recent.append(norm)
+        self.high = self.high + 1 if norm > 0.9 * max_norm else 0
+        if self.high >= self.patience:
+            self.high = 0
+            self.lr_scale *= self.lr_factor
+            return "lr", self.lr_factor
+        if self.steps <= self.warmup_steps:
+            return None
+        self.quiet = 0 if norm > max_norm else self.quiet + 1
+        if self.quiet >= self.relax_after:
+            self.quiet = 0
+            return "max_norm", percentile(list(self.recent), self.q)
+        return None
+
+    def state_dict(self) -> dict[str, object]:
+        return {"recent": list(self.recent), "steps": self.steps, "high": self.high, "quiet": self.quiet,
+                "lr_scale": self.lr_scale}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.recent.clear()
+        self.recent.extend(state["recent"])
+        self.steps, self.high, self.quiet, self.lr_scale = (state["steps"], state["high"], state["quiet"],
+                                                            state["lr_scale"])
