@@ -32,6 +32,8 @@ commands:
                           time trainer's loop against a hand-written loop (median, ratio)
   export RUN_DIR [--out DIR]
                           newest checkpoint's weights as safetensors, plus the model config
+  report PATH... [--csv | --json]
+                          one row per run found under PATH: final/best eval loss, norms, clip fraction...
 
 examples:
   trainer train
@@ -61,7 +63,7 @@ def train(cfg: DictConfig) -> float:
     display = Display(cfg.trainer.max_steps)
     display.start(cfg, run_dir, str(run.device), sum(p.numel() for p in run.params))
     try:
-        summary = train_loop(run, run_dir, display)
+        summary = train_loop(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
     except (Preempted, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -69,6 +71,26 @@ def train(cfg: DictConfig) -> float:
         _fail(e)
     display.finish(summary, run_dir)
     return summary["final eval loss"]
+
+
+def _value(text: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def run_settings(hydra_cfg: DictConfig) -> dict[str, object]:
+    """What this run chose: each config group's option, then each override (for the HPARAMS tab)."""
+    settings: dict[str, object] = {g: o for g, o in hydra_cfg.runtime.choices.items()
+                                   if not g.startswith("hydra") and o is not None}
+    for item in hydra_cfg.overrides.task:
+        key, _, value = item.lstrip("+~").partition("=")
+        if not key.startswith("hydra."):
+            settings[key] = _value(value)
+    return settings
 
 
 def one_line(e: BaseException) -> str | None:
@@ -109,12 +131,30 @@ def _fail(e: BaseException) -> None:
     sys.exit(2)
 
 
+_SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(")
+_ALWAYS_EXCLUDED = ["data.files", "hydra.run.dir", "hydra.sweep.dir"]
+
+
+def name_jobs_by_sweep(args: list[str]) -> list[str]:
+    """In multirun, name each job's dir by the swept overrides only: all of them may be too long a name."""
+    if not {"-m", "--multirun"} & set(args) or any("override_dirname.exclude_keys" in a for a in args):
+        return args
+    fixed = []
+    for arg in args:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        swept = ("," in value and value[:1] not in "[{") or value.startswith(_SWEEP_FUNCTIONS)
+        if eq and not swept and not key.startswith("hydra"):
+            fixed.append(key)
+    excluded = ",".join(_ALWAYS_EXCLUDED + fixed)
+    return [*args, f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]"]
+
+
 def _hydra(task, args: list[str]) -> None:
     """Run a Hydra task on args; config and input errors become one line on stderr and exit 2."""
     # Hydra prints errors itself (as several lines and tracebacks) unless this is set; with it set,
     # they reach us and we print one line, except for real bugs, which keep their traceback.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = ["trainer", *args]
+    sys.argv = ["trainer", *name_jobs_by_sweep(args)]
     try:
         task()
     except Exception as e:
@@ -135,14 +175,14 @@ def main(argv: list[str] | None = None) -> None:
             print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before",
                   file=sys.stderr)
             sys.exit(130)
-    elif command in ("bench", "export"):
+    elif command in ("bench", "export", "report"):
         module = importlib.import_module(f"trainer.{command}")
         try:
             module.main(rest)
         except Exception as e:
             _fail(e)
     else:
-        print(f"error: unknown command '{command}' (commands: train, bench, export)\n\n{USAGE}", file=sys.stderr, end="")
+        print(f"error: unknown command '{command}' (commands: train, bench, export, report)\n\n{USAGE}", file=sys.stderr, end="")
         sys.exit(2)
 
 

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from trainer import checkpoint
 from trainer.build import Run
@@ -89,8 +90,34 @@ def steer(run: Run, first_step: int, norms: list[float], display: Display) -> No
             clip.max_norm = value
 
 
-def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
-    """Train to trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary."""
+# The final metrics each run records for TensorBoard's HPARAMS tab and `trainer report`.
+HPARAM_METRICS = {
+    "hparams/final_eval_loss": "final eval loss",
+    "hparams/best_eval_loss": "best eval loss",
+    "hparams/clip_fraction": "clip fraction",
+    "hparams/skipped_steps": "skipped steps",
+    "hparams/tokens_per_sec": "mean tokens/s",
+}
+
+
+def write_hparams(writer: SummaryWriter, hparams: dict[str, object], summary: dict[str, object], step: int) -> None:
+    """The run's settings and final metrics for the HPARAMS tab, in the run's own directory.
+
+    SummaryWriter.add_hparams would start a separate run in a subdirectory; writing the plugin's
+    summaries through this writer keeps one run per directory.
+    """
+    metrics = {tag: float(summary[key]) for tag, key in HPARAM_METRICS.items()}
+    for s in hparams_summaries(hparams, metrics):
+        writer.file_writer.add_summary(s)
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, step)
+
+
+def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] | None = None) -> dict[str, object]:
+    """Train to trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary.
+
+    hparams (the run's settings) are recorded with the final metrics for TensorBoard's HPARAMS tab.
+    """
     t, c, g = run.cfg.trainer, run.cfg.checkpoint, run.cfg.guard
     ckpt_dir = Path(c.dir) if c.dir else run_dir / "checkpoints"
     meter = Meter(run.device, t.log_every)
@@ -120,6 +147,7 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
         save(start_step)  # something to roll back to before the first checkpoint is due
 
     m: dict[str, float] = {}
+    speeds: list[float] = []  # tokens/s of each log interval
     clipped_total = 0.0
     positions: dict[int, list[tuple[int, int]]] = {}  # this interval's batch positions, for the guard
     start = time.perf_counter()
@@ -172,6 +200,7 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
                     for tag, value in m.items():
                         writer.add_scalar(tag, value, step)
                     display.log(step, m, m["train/loss_scale"], lr)
+                    speeds.append(m["perf/tokens_per_sec"])
                     if m["train/loss_scale"] < run.precision.min_scale:
                         raise Diverged(f"loss scale {m['train/loss_scale']:g} fell below amp.min_scale="
                                        f"{run.precision.min_scale:g} at step {step}: training has diverged; "
@@ -191,20 +220,23 @@ def train(run: Run, run_dir: Path, display: Display) -> dict[str, object]:
                         f"command with checkpoint.resume=auto hydra.run.dir={run_dir}"))
                 if step == t.max_steps or (c.every and step % c.every == 0):
                     save(step)
+        finite = [x for x in eval_losses if math.isfinite(x)]
+        summary = {
+            "final eval loss": eval_losses[-1] if eval_losses else float("nan"),
+            "best eval loss": min(finite) if finite else float("nan"),
+            "final train loss": m.get("train/loss", float("nan")),
+            "clip fraction": clipped_total / t.max_steps,
+            "skipped steps": int(m.get("train/skipped_steps", 0)),
+            "rollbacks": guard.rollbacks if guard else 0,
+            "final loss scale": m.get("train/loss_scale", run.precision.loss_scale()),
+            "mean tokens/s": sum(speeds) / len(speeds) if speeds else float("nan"),
+            "time (s)": time.perf_counter() - start,
+            "steps": t.max_steps,
+            "checkpoints": str(ckpt_dir),
+        }
+        if hparams is not None:
+            write_hparams(writer, hparams, summary, step)
     finally:
         display.close()
         writer.close()
-
-    finite = [x for x in eval_losses if math.isfinite(x)]
-    return {
-        "final eval loss": eval_losses[-1] if eval_losses else float("nan"),
-        "best eval loss": min(finite) if finite else float("nan"),
-        "final train loss": m.get("train/loss", float("nan")),
-        "clip fraction": clipped_total / t.max_steps,
-        "skipped steps": int(m.get("train/skipped_steps", 0)),
-        "rollbacks": guard.rollbacks if guard else 0,
-        "final loss scale": m.get("train/loss_scale", run.precision.loss_scale()),
-        "time (s)": time.perf_counter() - start,
-        "steps": t.max_steps,
-        "checkpoints": str(ckpt_dir),
-    }
+    return summary

@@ -1,0 +1,88 @@
+"""Sweeps end to end: HParams in each run's own dir, and `trainer report` against the raw event records."""
+
+import json
+import math
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.conftest import TINY, run_cli
+
+
+def raw_scalars(run_dir):
+    """Scalars straight from the event records (no accumulator), each tag's values in step order."""
+    out = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name == "scalars" or v.HasField("simple_value"):
+                    value = v.simple_value if v.HasField("simple_value") else float(v.tensor.float_val[0])
+                    out.setdefault(v.tag, []).append((event.step, value))
+    return {tag: [x for _, x in sorted(vals)] for tag, vals in out.items()}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    out = run_cli("train", "-m", "clip.max_norm=0.5,1,5", "amp=fp16,bf16", *TINY, "trainer.max_steps=6",
+                  "trainer.log_every=3", "trainer.eval_every=3", f"hydra.sweep.dir={root}")
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+@pytest.mark.slow
+def test_report_rows_match_the_event_files(sweep):
+    out = run_cli("report", str(sweep), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 6
+    assert sum(r["best"] for r in rows) == 1
+    for row in rows:
+        raw = raw_scalars(sweep / row["run"])
+        norms = raw["train/grad_norm"]
+        assert row["final eval loss"] == pytest.approx(raw["eval/loss"][-1])
+        assert row["best eval loss"] == pytest.approx(min(raw["eval/loss"]))
+        assert row["final train loss"] == pytest.approx(raw["train/loss"][-1])
+        assert row["grad norm mean"] == pytest.approx(sum(norms) / len(norms))
+        assert min(norms) <= row["grad norm p95"] <= max(norms)
+        assert row["skipped steps"] == raw["train/skipped_steps"][-1]
+        assert row["final loss scale"] == raw["train/loss_scale"][-1]
+        assert row["tokens/s"] == pytest.approx(sum(raw["perf/tokens_per_sec"]) / 2)
+        assert "amp=" in row["overrides"] and "clip.max_norm=" in row["overrides"]
+    best = min(rows, key=lambda r: r["best eval loss"])
+    assert best["best"]
+    table = run_cli("report", str(sweep))
+    assert table.returncode == 0 and table.stdout.count("clip.max_norm=") == 6
+
+
+@pytest.mark.slow
+def test_hparams_are_in_each_runs_own_directory(sweep):
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 6
+    for job in jobs:
+        assert [p for p in job.iterdir() if p.is_dir() and p.name not in (".hydra", "checkpoints")] == []
+        acc = EventAccumulator(str(job))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        hp = start.session_start_info.hparams
+        assert hp["amp"].string_value in ("fp16", "bf16")
+        assert hp["clip.max_norm"].number_value in (0.5, 1.0, 5.0)
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+        metrics = {m.name.tag for m in experiment.experiment.metric_infos}
+        assert {"hparams/final_eval_loss", "hparams/clip_fraction", "hparams/skipped_steps"} <= metrics
+        final = acc.Scalars("hparams/final_eval_loss")[-1].value
+        assert math.isclose(final, acc.Scalars("eval/loss")[-1].value, rel_tol=1e-6)
+
+
+def test_report_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "events.out.tfevents.1.host").write_bytes(b"\x00garbage" * 40)
+    for path, words in [(tmp_path / "empty", "no TensorBoard events"), (tmp_path / "corrupt", "no training scalars"),
+                        (tmp_path / "missing", "no such file")]:
+        out = run_cli("report", str(path))
+        assert out.returncode == 2
+        assert len(out.stderr.strip().splitlines()) == 1 and words in out.stderr and "Traceback" not in out.stderr

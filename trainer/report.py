@@ -1,0 +1,148 @@
+"""`trainer report PATH...`: one row per run, read from its TensorBoard events with tensorboard's own reader.
+
+A run is a directory holding an events file; PATH may be a run, a multirun sweep, or any tree of
+them. The best run (lowest best eval loss) is marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainer.config import ConfigError
+
+COLUMNS = ["run", "overrides", "final eval loss", "best eval loss", "final train loss", "grad norm mean",
+           "grad norm p95", "clip fraction", "skipped steps", "rollbacks", "final loss scale", "tokens/s"]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Directories under paths that hold an events file, sorted."""
+    runs = set()
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or directory")
+        candidates = [path] if path.is_file() else path.rglob("events.out.tfevents.*")
+        runs.update(p.parent for p in candidates if p.name.startswith("events.out.tfevents."))
+    if not runs:
+        raise ConfigError(f"{' '.join(map(str, paths))}: no TensorBoard events files found")
+    return sorted(runs)
+
+
+def _p95(values: list[float]) -> float:
+    xs = sorted(values)
+    pos = 0.95 * (len(xs) - 1)
+    lo = math.floor(pos)
+    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
+
+
+def _overrides(run: Path) -> str:
+    """The run's command-line overrides, from the file Hydra writes beside it."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    lines = [line.removeprefix("- ").strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+    return " ".join(x for x in lines if not x.startswith("hydra."))
+
+
+def summarize(run: Path, root: Path) -> dict[str, object]:
+    """The report row of one run directory."""
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    if "train/loss" not in tags:
+        raise ConfigError(f"{run}: its events file holds no training scalars (corrupt, empty or not a trainer run)")
+
+    def values(tag: str) -> list[float]:
+        return [e.value for e in acc.Scalars(tag)] if tag in tags else []
+
+    def last(tag: str, default: float = math.nan) -> float:
+        v = values(tag)
+        return v[-1] if v else default
+
+    evals = [x for x in values("eval/loss") if math.isfinite(x)]
+    norms = [x for x in values("train/grad_norm") if math.isfinite(x)]
+    speeds = values("perf/tokens_per_sec")
+    return {
+        "run": str(run.relative_to(root)) if run != root and run.is_relative_to(root) else str(run),
+        "overrides": _overrides(run),
+        "final eval loss": last("eval/loss"),
+        "best eval loss": min(evals) if evals else math.nan,
+        "final train loss": last("train/loss"),
+        "grad norm mean": statistics.fmean(norms) if norms else math.nan,
+        "grad norm p95": _p95(norms) if norms else math.nan,
+        "clip fraction": last("hparams/clip_fraction", statistics.fmean(values("train/clip_fraction"))),
+        "skipped steps": int(last("train/skipped_steps", 0)),
+        "rollbacks": int(last("train/rollbacks", 0)),
+        "final loss scale": last("train/loss_scale"),
+        "tokens/s": statistics.fmean(speeds) if speeds else math.nan,
+    }
+
+
+def report(paths: list[Path]) -> list[dict[str, object]]:
+    """Rows for every run under paths; the best one (lowest best eval loss) gets best=True."""
+    root = paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd()
+    rows = [summarize(run, root) for run in find_runs(paths)]
+    scored = [r for r in rows if math.isfinite(r["best eval loss"])]
+    best = min(scored, key=lambda r: r["best eval loss"]) if scored else None
+    for r in rows:
+        r["best"] = r is best
+    return rows
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+# Terminal headers: short, so that a row fits on a line.
+SHORT = {"final eval loss": "final eval", "best eval loss": "best eval", "final train loss": "train loss",
+         "grad norm mean": "norm mean", "grad norm p95": "norm p95", "clip fraction": "clip frac",
+         "skipped steps": "skipped", "final loss scale": "scale", "tokens/s": "tok/s"}
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    """A rich table; overrides that all runs share go in the title, the rest name each row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    split = [str(r["overrides"]).split() for r in rows]
+    shared = set(split[0]).intersection(*split[1:]) if split else set()
+    table = Table(title=f"trainer report: {len(rows)} runs" + (f", all with {' '.join(sorted(shared))}" if shared else "")
+                  + "  (* lowest best eval loss)")
+    table.add_column("run")
+    for column in COLUMNS[2:]:
+        table.add_column(SHORT.get(column, column), justify="right")
+    for r, items in zip(rows, split, strict=True):
+        own = " ".join(x for x in items if x not in shared)
+        name = own or r["run"]
+        table.add_row(("* " if r["best"] else "") + name, *[_cell(r[c]) for c in COLUMNS[2:]])
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="trainer report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run dirs, multirun dirs, or trees of them")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--csv", action="store_true", help="CSV on stdout")
+    form.add_argument("--json", action="store_true", help="JSON on stdout")
+    args = parser.parse_args(argv)
+    rows = report(args.paths)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        out = csv.DictWriter(sys.stdout, fieldnames=[*COLUMNS, "best"])
+        out.writeheader()
+        out.writerows(rows)
+    else:
+        print_table(rows)
