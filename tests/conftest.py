@@ -7,11 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer import config
-from trainer.cli import CONF_DIR
+from trainer.config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -23,9 +21,7 @@ TINY = [
 
 def make_config(*overrides: str):
     """The composed config for overrides, exactly as `trainer train` would see it."""
-    config.register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -57,3 +57,14 @@ class ExplodingLM(BigramLM):
             if self.calls == self.EXPLODE_AT:
                 return loss * 1e4
         return loss
+
+
+class HalfNormalGradLM(BigramLM):
+    """The only gradient is z * SIGMA on one weight, z ~ N(0, 1) afresh each step: the total
+    gradient norm is half-normal, whose p95 is SIGMA * 1.95996 (the 97.5% normal quantile)."""
+
+    SIGMA = 3.0
+
+    def forward(self, input_ids):
+        z = torch.randn(())
+        return self.out.bias[0] * z * self.SIGMA + 0.0 * super().forward(input_ids).detach()

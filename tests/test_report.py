@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import TINY, run_cli
+from trainer.report import plot, report
 
 
 def raw_scalars(run_dir):
@@ -86,3 +87,32 @@ def test_report_errors_are_one_line(tmp_path):
         out = run_cli("report", str(path))
         assert out.returncode == 2
         assert len(out.stderr.strip().splitlines()) == 1 and words in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_plot_is_a_png_of_the_expected_size_with_a_line_per_run(sweep, tmp_path):
+    out_png = tmp_path / "sweep.png"
+    out = run_cli("report", str(sweep), "--plot", str(out_png))
+    assert out.returncode == 0, out.stderr
+    data = out_png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1200, 900)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(out_png)
+    assert pixels.shape[:2] == (900, 1200) and pixels.std() > 0.05  # not a blank canvas
+    lines = plot([sweep], report([sweep]), tmp_path / "again.png")
+    assert lines == {"eval loss": 6, "grad norm before clipping": 6, "grad norm after clipping": 6, "loss scale": 6}
+
+
+@pytest.mark.slow
+def test_optuna_search_minimises_the_final_eval_loss(tmp_path):
+    out = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "clip.max_norm=interval(0.1,5)",
+                  *TINY, "trainer.max_steps=6", "trainer.log_every=3", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(run_cli("report", str(tmp_path), "--json").stdout)
+    assert len(rows) == 3 and all(r["run"].split("_", 1)[1].startswith("clip.max_norm=") for r in rows)
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    best_value = float(best.split("best_value:")[1].split()[0])
+    assert best_value == pytest.approx(min(r["final eval loss"] for r in rows), rel=1e-6)

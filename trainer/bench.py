@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from trainer import config
 from trainer.build import Run, build
+from trainer.config import compose_config
 from trainer.display import Display
 from trainer.loop import to_device, train
 
@@ -57,24 +56,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _compose(overrides: list[str]):
-    config.register()
-    with initialize_config_dir(config_dir=str(Path(config.__file__).resolve().parent.parent / "conf"),
-                               version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
 def measure(overrides: list[str], steps: int, repeats: int, variants: list[str]) -> list[dict[str, str]]:
     """Median and range of ms/step for the raw loop, trainer, and trainer with each variant's overrides.
 
     All sides run once per repeat, in an order that rotates from repeat to repeat; repeat 0 warms up.
     """
     fixed = [f"trainer.max_steps={steps}", f"trainer.eval_every={steps}", "trainer.eval_batches=1"]
-    cfg = _compose([*overrides, *fixed])
+    cfg = compose_config([*overrides, *fixed])
     raw_run = build(cfg)
     runs = {"trainer": build(cfg)}
     for v in variants:
-        runs[f"trainer {v}"] = build(_compose([*overrides, *v.split(), *fixed]))
+        runs[f"trainer {v}"] = build(compose_config([*overrides, *v.split(), *fixed]))
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.trainer.grad_accum
     device = raw_run.device
     times: dict[str, list[float]] = {"raw": [], **{name: [] for name in runs}}

@@ -16,9 +16,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from trainer import config
-from trainer.config import ConfigError
+from trainer.config import CONF_DIR, ConfigError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 USAGE = """\
 usage: trainer <command> [overrides...]
@@ -32,6 +31,8 @@ commands:
                           time trainer's loop against a hand-written loop (median, ratio)
   export RUN_DIR [--out DIR]
                           newest checkpoint's weights as safetensors, plus the model config
+  inspect-grads [--steps N | --from RUN_DIR] [overrides]
+                          gradient-norm distribution, top layers, and a suggested clip.max_norm
   report PATH... [--csv | --json]
                           one row per run found under PATH: final/best eval loss, norms, clip fraction...
 
@@ -175,14 +176,14 @@ def main(argv: list[str] | None = None) -> None:
             print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before",
                   file=sys.stderr)
             sys.exit(130)
-    elif command in ("bench", "export", "report"):
-        module = importlib.import_module(f"trainer.{command}")
+    elif command in ("bench", "export", "report", "inspect-grads"):
+        module = importlib.import_module(f"trainer.{command.replace('-', '_')}")
         try:
             module.main(rest)
         except Exception as e:
             _fail(e)
     else:
-        print(f"error: unknown command '{command}' (commands: train, bench, export, report)\n\n{USAGE}", file=sys.stderr, end="")
+        print(f"error: unknown command '{command}' (commands: train, bench, export, report, inspect-grads)\n\n{USAGE}", file=sys.stderr, end="")
         sys.exit(2)
 
 

@@ -14,10 +14,14 @@ import enum
 import math
 import sysconfig
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 class ConfigError(ValueError):
@@ -277,6 +281,13 @@ def register() -> None:
             cs.store(name=f"schema_{group}_{name}", node=schema)
     if not OmegaConf.has_resolver("stdlib"):
         OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `trainer train OVERRIDES` would run with (Hydra's compose API; no run dir, no job)."""
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def validate(cfg: DictConfig) -> None:

@@ -96,6 +96,53 @@ def report(paths: list[Path]) -> list[dict[str, object]]:
     return rows
 
 
+def labels(rows: list[dict[str, object]]) -> tuple[list[str], set[str]]:
+    """Each run's name by the overrides that set it apart, and the overrides every run shares."""
+    split = [str(r["overrides"]).split() for r in rows]
+    shared = set(split[0]).intersection(*split[1:]) if split else set()
+    names = [" ".join(x for x in items if x not in shared) or str(r["run"]) for r, items in zip(rows, split, strict=True)]
+    return names, shared
+
+
+PLOTS = [("eval/loss", "eval loss"), ("train/grad_norm", "grad norm before clipping"),
+         ("train/grad_norm_clipped", "grad norm after clipping"), ("train/loss_scale", "loss scale")]
+
+
+def plot(paths: list[Path], rows: list[dict[str, object]], out: Path,
+         size: tuple[int, int] = (1200, 900)) -> dict[str, int]:
+    """The curves that matter, one line per run, in a 2 x 2 figure saved as a PNG of `size` pixels.
+
+    Returns how many lines each panel got.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'trainer[plot]'") from None
+    dpi = 100
+    fig, axes = plt.subplots(2, 2, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    for run, label in zip(find_runs(paths), labels(rows)[0], strict=True):
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        for ax, (tag, title) in zip(axes.flat, PLOTS, strict=True):
+            ax.set_title(title)
+            if tag in acc.Tags()["scalars"]:
+                events = acc.Scalars(tag)
+                ax.plot([e.step for e in events], [e.value for e in events], label=label, marker="o", markersize=3)
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+    axes[0, 1].set_yscale("log")
+    axes[1, 0].set_yscale("log")
+    axes[1, 1].set_yscale("log", base=2)
+    axes[0, 0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return {title: len(ax.lines) for ax, (_, title) in zip(axes.flat, PLOTS, strict=True)}
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
@@ -113,16 +160,13 @@ def print_table(rows: list[dict[str, object]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    split = [str(r["overrides"]).split() for r in rows]
-    shared = set(split[0]).intersection(*split[1:]) if split else set()
+    names, shared = labels(rows)
     table = Table(title=f"trainer report: {len(rows)} runs" + (f", all with {' '.join(sorted(shared))}" if shared else "")
                   + "  (* lowest best eval loss)")
     table.add_column("run")
     for column in COLUMNS[2:]:
         table.add_column(SHORT.get(column, column), justify="right")
-    for r, items in zip(rows, split, strict=True):
-        own = " ".join(x for x in items if x not in shared)
-        name = own or r["run"]
+    for r, name in zip(rows, names, strict=True):
         table.add_row(("* " if r["best"] else "") + name, *[_cell(r[c]) for c in COLUMNS[2:]])
     console = Console()
     if not console.is_terminal:
@@ -136,8 +180,11 @@ def main(argv: list[str]) -> None:
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--csv", action="store_true", help="CSV on stdout")
     form.add_argument("--json", action="store_true", help="JSON on stdout")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the runs' curves into a PNG")
     args = parser.parse_args(argv)
     rows = report(args.paths)
+    if args.plot:
+        plot(args.paths, rows, args.plot)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:
@@ -146,3 +193,5 @@ def main(argv: list[str]) -> None:
         out.writerows(rows)
     else:
         print_table(rows)
+    if args.plot:
+        print(f"plot: {args.plot}")
