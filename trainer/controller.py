@@ -18,13 +18,12 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import torch
+
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
+    """The q-th percentile (0-100) of host values, interpolated linearly (torch.quantile, as numpy's default)."""
+    return torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100.0).item()
 
 
 class Controller:

@@ -14,16 +14,10 @@ import statistics
 from pathlib import Path
 
 from trainer.config import ConfigError
+from trainer.controller import percentile
 
 SUGGEST_PERCENTILE = 95.0
 SKIP_FRACTION = 0.1  # the first tenth of the steps counts as warm-up
-
-
-def percentile(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
 
 
 def probe(overrides: list[str], steps: int) -> tuple[list[float], dict[str, float]]:

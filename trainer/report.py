@@ -17,6 +17,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainer.config import ConfigError
+from trainer.controller import percentile
 
 COLUMNS = ["run", "overrides", "final eval loss", "best eval loss", "final train loss", "grad norm mean",
            "grad norm p95", "clip fraction", "skipped steps", "rollbacks", "final loss scale", "tokens/s"]
@@ -33,13 +34,6 @@ def find_runs(paths: list[Path]) -> list[Path]:
     if not runs:
         raise ConfigError(f"{' '.join(map(str, paths))}: no TensorBoard events files found")
     return sorted(runs)
-
-
-def _p95(values: list[float]) -> float:
-    xs = sorted(values)
-    pos = 0.95 * (len(xs) - 1)
-    lo = math.floor(pos)
-    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
 
 
 def _overrides(run: Path) -> str:
@@ -76,7 +70,7 @@ def summarize(run: Path, root: Path) -> dict[str, object]:
         "best eval loss": min(evals) if evals else math.nan,
         "final train loss": last("train/loss"),
         "grad norm mean": statistics.fmean(norms) if norms else math.nan,
-        "grad norm p95": _p95(norms) if norms else math.nan,
+        "grad norm p95": percentile(norms, 95.0) if norms else math.nan,
         "clip fraction": last("hparams/clip_fraction", statistics.fmean(values("train/clip_fraction"))),
         "skipped steps": int(last("train/skipped_steps", 0)),
         "rollbacks": int(last("train/rollbacks", 0)),
