@@ -12,15 +12,14 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+from torch.nn.utils import get_total_norm
 
-from trainer.clipping import ClipResult, _grads
+from trainer.clipping import ClipResult, _grads, scale_to_norm
 
 
 def _clip_to(params: list[torch.Tensor], norm: torch.Tensor, target: torch.Tensor) -> ClipResult:
     """Scale all gradients so their total L2 norm is at most target (a tensor; inf: leave them)."""
-    clip_grads_with_norm_(params, target, norm, foreach=True)
-    coef = torch.clamp(target / (norm + 1e-6), max=1.0)
+    coef = scale_to_norm(params, norm, target)
     return ClipResult(norm, norm * coef, coef < 1.0)
 
 

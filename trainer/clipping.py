@@ -27,6 +27,15 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
 
+def scale_to_norm(params: list[torch.Tensor], norm: torch.Tensor, max_norm: float | torch.Tensor) -> torch.Tensor:
+    """Scale all gradients so their total norm is at most max_norm (torch's clip_grads_with_norm_).
+
+    Returns the coefficient torch applied, so the post-clip norm is norm * coef: no second pass.
+    """
+    clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
 class NormClip:
     """Scale all gradients together so their total norm is at most max_norm (torch's clip_grad_norm_).
 
@@ -41,9 +50,7 @@ class NormClip:
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
         norm = get_total_norm(_grads(params), self.norm_type, foreach=True)
-        clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
-        # The coefficient torch applied, so the post-clip norm needs no second pass over the grads.
-        coef = torch.clamp(self.max_norm / (norm + 1e-6), max=1.0)
+        coef = scale_to_norm(params, norm, self.max_norm)
         return ClipResult(norm, norm * coef, norm > self.max_norm)
 
     def state_dict(self) -> dict[str, object]:
