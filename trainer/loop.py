@@ -161,7 +161,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                 micro = []
                 for _ in range(t.grad_accum):
                     micro.append(next(run.train_batches))
-                    positions.setdefault(step, []).append(run.train_batches.last)
+                    if guard:
+                        positions.setdefault(step, []).append(run.train_batches.last)
                 counts = [_count(b) for b in micro]
                 samples, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
                 log_step = step % t.log_every == 0 or step == t.max_steps
