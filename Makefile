@@ -23,9 +23,11 @@ train: install
 test: install
 	$(BIN)/pytest -q $(ARGS)
 
-# trainer's step against a hand-written loop on the same model, data and device.
+# trainer's loop against a hand-written loop, and clipping's cost: the default GPT with bf16 autocast
+# and norm clipping, at a batch (4 x 64 tokens) that takes under two minutes on 2 CPU cores.
+BENCH := --steps 10 --repeats 9 amp=bf16 data.batch_size=4 data.seq_len=64
 bench: install
-	$(BIN)/trainer bench $(ARGS)
+	$(BIN)/trainer bench $(or $(ARGS),$(BENCH))
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

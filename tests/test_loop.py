@@ -1,15 +1,20 @@
 """The loop: reads device values only at log intervals, logs averages of the right steps."""
 
+import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import trainer
+from trainer import checkpoint, loop
 from tests.conftest import TINY, make_config, read_scalars
 from trainer.build import build
 from trainer.display import Display
 from trainer.loop import train
+from trainer.metrics import Meter
+from trainer.precision import Precision
 
 
 def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch):
@@ -53,3 +58,50 @@ def test_logged_loss_is_the_interval_average(tmp_path):
     train(run, tmp_path, Display(10, quiet=True))
     (_, logged), = read_scalars(tmp_path)["train/loss"]
     assert abs(logged - expected) < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_no_host_sync_outside_log_intervals_on_cuda(tmp_path, monkeypatch, amp):
+    """torch.cuda.set_sync_debug_mode("error") raises on any synchronizing call: it stays on for the
+    whole loop, except inside the interval read, the eval and the checkpoint write."""
+    steps = 20
+    cfg = make_config(*TINY, "trainer.device=cuda", f"amp={amp}", f"trainer.max_steps={steps}",
+                      "trainer.log_every=10", f"trainer.eval_every={steps}", "data.pin_memory=true")
+    run = build(cfg)
+
+    def sync_allowed(fn):
+        def wrapped(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+        return wrapped
+
+    monkeypatch.setattr(Meter, "read", sync_allowed(Meter.read))
+    monkeypatch.setattr(Precision, "loss_scale", sync_allowed(Precision.loss_scale))
+    monkeypatch.setattr(loop, "evaluate", sync_allowed(loop.evaluate))
+    monkeypatch.setattr(checkpoint, "save", sync_allowed(checkpoint.save))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        summary = train(run, tmp_path, Display(steps, quiet=True))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert summary["steps"] == steps and math.isfinite(summary["final train loss"])
+
+
+def test_compiled_model_trains_to_the_eager_loss(tmp_path):
+    """trainer.compile=true on the default GPT and text data: the same logged losses as eager."""
+    common = ["trainer.max_steps=20", "trainer.log_every=10", "trainer.eval_every=20", "trainer.eval_batches=2",
+              "data.batch_size=4", "data.seq_len=64", "trainer.device=cpu"]
+    losses = {}
+    for compiled in (False, True):
+        run = build(make_config(*common, f"trainer.compile={str(compiled).lower()}"))
+        train(run, tmp_path / str(compiled), Display(20, quiet=True))
+        scalars = read_scalars(tmp_path / str(compiled))
+        losses[compiled] = [v for _, v in scalars["train/loss"]] + [v for _, v in scalars["eval/loss"]]
+    assert hasattr(run.model, "_orig_mod")  # it really ran compiled
+    assert len(losses[True]) == 3
+    for eager, compiled in zip(losses[False], losses[True]):
+        assert abs(eager - compiled) < 1e-3 * eager, losses

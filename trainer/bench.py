@@ -2,15 +2,22 @@
 
 Every side is built from the same composed config (a variant adds overrides). Each repeat runs
 every side once, in an order that rotates, so machine noise hits all alike; the first repeat is
-a discarded warm-up. A trainer side is the real ``loop.train`` (device-side metrics, TensorBoard
-writes every log_every steps, its closing one-batch eval and checkpoint), so its ratio to the raw
-loop is what a user pays, slightly pessimistic.
+a discarded warm-up. A trainer side is the real ``loop.train`` (device-side metrics, a host read
+and TensorBoard writes every log_every steps); its clock runs from the first step to the last
+log, so the run's fixed costs (opening the event file, the closing eval and checkpoint) are not
+charged per step. The raw loop reads its loss at the same interval, as a hand-written loop that
+prints its loss would.
+
+A ``clip=none`` trainer side always runs too: trainer(clip policy) - trainer(clip=none) is what
+clipping costs end to end. Clipping alone is also timed in isolation (``clip_grad_norm_`` on the
+model's real gradients, many calls), which is far less noisy than a difference of two medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +29,13 @@ from trainer.config import compose_config
 from trainer.display import Display
 from trainer.loop import to_device, train
 
+# Dense bf16/fp16 tensor-core peak (FLOP/s) by device name, from the vendors' data sheets (SXM parts).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
 
 def raw_loop(run: Run, steps: int) -> None:
-    """What a user writes by hand: the PyTorch AMP recipe with clip_grad_norm_, nothing else.
+    """What a user writes by hand: the PyTorch AMP recipe with clip_grad_norm_, printing its loss
+    every log_every steps (one host read there), nothing else.
 
     It always clips by norm (clip.max_norm, else 1.0), so with another clip policy the ratio is
     that policy's cost over plain norm clipping.
@@ -32,8 +43,9 @@ def raw_loop(run: Run, steps: int) -> None:
     model, opt, sched, accum = run.model, run.optimizer, run.scheduler, run.cfg.trainer.grad_accum
     scaler = run.precision.scaler
     max_norm = run.cfg.clip.get("max_norm") or 1.0
+    log_every = run.cfg.trainer.log_every
     batches = run.train_batches
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         for _ in range(accum):
             batch = to_device(next(batches), run.device)
             with run.precision.autocast():
@@ -49,6 +61,25 @@ def raw_loop(run: Run, steps: int) -> None:
             opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if step % log_every == 0 or step == steps:
+            loss.item()
+
+
+class _Clock(Display):
+    """A silent display that notes when the first step starts and when the last log is written."""
+
+    def __init__(self, steps: int):
+        super().__init__(steps, quiet=True)
+        self.start = self.end = 0.0
+
+    def step(self, step: int) -> None:
+        if not self.start:
+            self.start = time.perf_counter()
+
+    def log(self, step: int, m: dict[str, float], scale: float, lr: float) -> None:
+        # The log follows the interval's host read, so the device has finished every step by now.
+        if step == self.max_steps:
+            self.end = time.perf_counter()
 
 
 def _sync(device: torch.device) -> None:
@@ -56,40 +87,105 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(overrides: list[str], steps: int, repeats: int, variants: list[str]) -> list[dict[str, str]]:
-    """Median and range of ms/step for the raw loop, trainer, and trainer with each variant's overrides.
+def _timed(name: str, run: Run, steps: int, out: Path) -> float:
+    """Seconds for `steps` steps of one side."""
+    _sync(run.device)
+    if name == "raw":
+        start = time.perf_counter()
+        raw_loop(run, steps)
+        _sync(run.device)
+        return time.perf_counter() - start
+    clock = _Clock(steps)
+    train(run, out, clock)
+    return clock.end - clock.start
 
-    All sides run once per repeat, in an order that rotates from repeat to repeat; repeat 0 warms up.
-    """
+
+def clip_cost_ms(run: Run, calls: int = 50) -> float:
+    """Median ms of one clip_grad_norm_(foreach) on the model's real gradients, after a backward."""
+    batch = to_device(next(run.train_batches), run.device)
+    with run.precision.autocast():
+        loss = run.model(**batch)
+    loss.backward()
+    max_norm = run.cfg.clip.get("max_norm") or 1.0
+    times = []
+    for _ in range(calls + 5):
+        _sync(run.device)
+        start = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(run.params, max_norm, foreach=True)
+        _sync(run.device)
+        times.append(1000 * (time.perf_counter() - start))
+    run.optimizer.zero_grad(set_to_none=True)
+    return statistics.median(times[5:])
+
+
+def flops_per_token(run: Run) -> float | None:
+    """Training FLOPs per token, 6N + 12·L·d·T (PaLM appendix B, as nanoGPT's estimate_mfu);
+    None for a model whose config does not give num_layers and hidden_size."""
+    m, seq_len = run.cfg.model, run.cfg.data.get("seq_len")
+    if not all(k in m for k in ("num_layers", "hidden_size")) or not seq_len:
+        return None
+    n = sum(p.numel() for p in run.params)
+    return 6 * n + 12 * m.num_layers * m.hidden_size * seq_len
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
+            peak: float | None = None) -> tuple[list[dict[str, str]], list[str]]:
+    """A row per side (median and range of ms/step, tokens/s, MFU, peak memory, ratio to raw), and
+    notes on clipping's cost. All sides run once per repeat, in a rotating order; repeat 0 warms up."""
     fixed = [f"trainer.max_steps={steps}", f"trainer.eval_every={steps}", "trainer.eval_batches=1"]
     cfg = compose_config([*overrides, *fixed])
     raw_run = build(cfg)
-    runs = {"trainer": build(cfg)}
+    runs = {"raw": raw_run, "trainer": build(cfg), "trainer clip=none": build(compose_config([*overrides, *fixed, "clip=none"]))}
     for v in variants:
         runs[f"trainer {v}"] = build(compose_config([*overrides, *v.split(), *fixed]))
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.trainer.grad_accum
     device = raw_run.device
-    times: dict[str, list[float]] = {"raw": [], **{name: [] for name in runs}}
-    names = list(times)
+    cuda = device.type == "cuda"
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    memory: dict[str, int] = {name: 0 for name in runs}
+    names = list(runs)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats + 1):
             for name in names[i % len(names):] + names[:i % len(names)]:
-                _sync(device)
-                start = time.perf_counter()
-                if name == "raw":
-                    raw_loop(raw_run, steps)
-                else:
-                    train(runs[name], Path(tmp) / f"{len(names) * i + names.index(name)}", Display(steps, quiet=True))
-                _sync(device)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds = _timed(name, runs[name], steps, Path(tmp) / f"{i}-{names.index(name)}")
                 if i:
-                    times[name].append(1000 * (time.perf_counter() - start) / steps)
+                    times[name].append(1000 * seconds / steps)
+                    if cuda:
+                        memory[name] = max(memory[name], torch.cuda.max_memory_allocated(device))
+    flops, peak = flops_per_token(raw_run), peak or peak_flops(device, raw_run.precision.name)
     raw = statistics.median(times["raw"])
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
-        rows.append({"side": name, "ms/step median": f"{med:.2f}", "min-max": f"{min(ts):.2f}-{max(ts):.2f}",
-                     "tokens/s": f"{tokens_per_step / med * 1000:.0f}", "ratio to raw": f"{med / raw:.3f}"})
-    return rows
+        tokens_per_sec = tokens_per_step / med * 1000
+        rows.append({
+            "side": name, "ms/step median": f"{med:.2f}", "min-max": f"{min(ts):.2f}-{max(ts):.2f}",
+            "tokens/s": f"{tokens_per_sec:.0f}",
+            "ratio to raw": f"{med / raw:.3f}",
+        })
+        if flops and peak:
+            rows[-1]["MFU"] = f"{100 * flops * tokens_per_sec / peak:.1f}%"
+        if cuda:
+            rows[-1]["peak memory"] = f"{memory[name] / 2**20:.0f} MiB"
+    step_ms = statistics.median(times["trainer"])
+    end_to_end = step_ms - statistics.median(times["trainer clip=none"])
+    isolated = clip_cost_ms(raw_run)
+    notes = [
+        f"clipping, end to end: trainer - trainer clip=none = {end_to_end:+.2f} ms/step "
+        f"({100 * end_to_end / step_ms:+.1f}% of the step; the difference of two noisy medians)",
+        f"clipping, isolated: clip_grad_norm_(foreach) on this model's gradients = {isolated:.3f} ms "
+        f"({100 * isolated / step_ms:.2f}% of the step; median of 50 calls)",
+    ]
+    return rows, notes
 
 
 def main(argv: list[str]) -> None:
@@ -98,16 +194,22 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (default 5)")
     parser.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
                         help="also time trainer with these extra overrides (repeatable), e.g. --variant clip=zclip")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for MFU (default: looked up for known GPUs)")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for trainer train")
     args = parser.parse_args(argv)
-    rows = measure(args.overrides, args.steps, args.repeats, args.variant)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    rows, notes = measure(args.overrides, args.steps, args.repeats, args.variant, peak)
     from rich.console import Console
     from rich.table import Table
 
     cfg = " ".join(args.overrides) or "(defaults)"
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file does not wrap
     table = Table(title=f"trainer bench: {cfg}, {args.steps} steps x {args.repeats} repeats")
     for column in rows[0]:
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*row.values())
-    Console().print(table)
+    console.print(table)
+    for note in notes:
+        console.print(note)

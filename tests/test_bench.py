@@ -1,0 +1,37 @@
+"""The benchmark compares like with like. It measures nothing here: speed is measured by
+`trainer bench` itself, never by a timed test."""
+
+import torch
+
+from tests.conftest import TINY, make_config
+from trainer import bench
+from trainer.build import build
+from trainer.display import Display
+from trainer.loop import train
+
+
+def test_raw_loop_does_the_same_work_as_trainer(tmp_path):
+    """The hand-written loop and trainer, from the same config, end with the same weights."""
+    cfg = make_config(*TINY, "trainer.max_steps=6", "trainer.eval_every=6", "clip.max_norm=0.05")
+    raw, ours = build(cfg), build(cfg)
+    bench.raw_loop(raw, 6)
+    train(ours, tmp_path, Display(6, quiet=True))
+    for a, b in zip(raw.model.parameters(), ours.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # and they moved, with clipping active
+    assert any(not torch.equal(a, b) for a, b in zip(raw.model.parameters(), build(cfg).model.parameters()))
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    run = build(make_config(*TINY))
+    n = sum(p.numel() for p in run.model.parameters())
+    # TINY: 1 layer, hidden 32, seq_len 16
+    assert bench.flops_per_token(run) == 6 * n + 12 * 1 * 32 * 16
+
+
+def test_measure_reports_every_side_and_clipping_cost():
+    rows, notes = bench.measure([*TINY], steps=2, repeats=1, variants=["clip=zclip"])
+    assert [r["side"] for r in rows] == ["raw", "trainer", "trainer clip=none", "trainer clip=zclip"]
+    assert rows[0]["ratio to raw"] == "1.000"
+    assert all(float(r["ms/step median"]) > 0 for r in rows)
+    assert notes[0].startswith("clipping, end to end") and notes[1].startswith("clipping, isolated")
