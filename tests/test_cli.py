@@ -55,6 +55,9 @@ BAD_INPUTS = [
     (["trainer.device=gpu"], "trainer.device"),
     (["model._target_=no.such.Model"], "model._target_"),
     (["clip=value", "clip.max_norm=1"], "clip.max_norm"),
+    (["strategy=zero3"], "strategy=zero3"),
+    (["strategy=fsdp", "amp=fp16"], "strategy=fsdp"),
+    (["trainer.nproc_per_node=0"], "trainer.nproc_per_node"),
 ]
 
 
@@ -102,3 +105,19 @@ def test_help_and_cfg_job():
     assert "max_norm: 0.5" in out.stdout and "init_scale: 65536.0" in out.stdout
     out = run_cli("fly")
     assert out.returncode == 2 and "unknown command" in out.stderr
+
+
+def test_slurm_launcher_config_composes_with_hydras_submitit_plugin():
+    """conf/hydra/launcher/slurm.yaml extends the plugin's own submitit_slurm schema; a job asks for
+    one node with one task and one GPU per worker."""
+    from hydra import compose, initialize_config_dir
+
+    from trainer.config import CONF_DIR, register
+
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "trainer.nproc_per_node=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, 4)
+    assert launcher.signal_delay_s > 0  # SIGUSR1 before the time limit: trainer checkpoints on it

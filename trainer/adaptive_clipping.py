@@ -12,9 +12,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils import get_total_norm
 
-from trainer.clipping import ClipResult, _grads, scale_to_norm
+from trainer.clipping import ClipResult, _grads, scale_to_norm, total_norm
 
 
 def _clip_to(params: list[torch.Tensor], norm: torch.Tensor, target: torch.Tensor) -> ClipResult:
@@ -43,7 +42,7 @@ class ZClip:
         self.var: torch.Tensor | None = None
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = get_total_norm(_grads(params), 2.0, foreach=True)
+        norm = total_norm(_grads(params), 2.0)
         finite = torch.isfinite(norm)
         if self.buffer is None:
             self.buffer = torch.full((self.warmup_steps,), math.nan, device=norm.device)
@@ -88,7 +87,7 @@ class AutoClip:
         self.norms: torch.Tensor | None = None
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = get_total_norm(_grads(params), 2.0, foreach=True)
+        norm = total_norm(_grads(params), 2.0)
         if self.norms is None:
             self.norms = torch.full((self.size,), math.nan, device=norm.device)
         self.norms[self.calls % self.size] = torch.where(torch.isfinite(norm), norm, math.nan)
@@ -130,7 +129,7 @@ class AGC:
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
         grads = _grads(params)
-        norm = get_total_norm(grads, 2.0, foreach=True)
+        norm = total_norm(grads, 2.0)
         clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
         for p in params:
             if p.grad is None or id(p) in self.excluded:
@@ -140,4 +139,4 @@ class AGC:
             trigger = grad_norm > max_norm
             p.grad.mul_(torch.where(trigger, max_norm / grad_norm.clamp(min=1e-6), 1.0))
             clipped |= trigger.any()
-        return ClipResult(norm, get_total_norm(grads, 2.0, foreach=True), clipped)
+        return ClipResult(norm, total_norm(grads, 2.0), clipped)

@@ -15,7 +15,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trainer import distributed
 
 from trainer.clipping import ClipResult
 from trainer.config import ConfigError, validate
@@ -40,12 +42,13 @@ class Run:
     eval_loader: DataLoader
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """cpu, or this process's GPU (one per local rank under torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda: no CUDA GPU is available here; use trainer.device=cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def _build(group: str, node: DictConfig, **kwargs: Any) -> Any:
@@ -69,22 +72,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def loaders(data: Any, cfg: DictConfig, device: torch.device) -> tuple[BatchStream, DataLoader]:
+def loaders(data: Any, cfg: DictConfig, device: torch.device,
+            world: distributed.World = distributed.World()) -> tuple[BatchStream, DataLoader]:
+    """Batches of data.batch_size per rank: the training stream, and this rank's share of the eval set."""
     d = cfg.data
-    if len(data.train) < d.batch_size:
-        raise ConfigError(f"data.batch_size={d.batch_size}: the training set has only {len(data.train)} samples")
+    if len(data.train) < d.batch_size * world.size:
+        raise ConfigError(f"data.batch_size={d.batch_size}: the training set has only {len(data.train)} samples"
+                          + (f" for {world.size} processes" if world.size > 1 else ""))
     pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
     common = dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=pin,
                   persistent_workers=d.num_workers > 0)
-    train = BatchStream(data.train, EpochSampler(len(data.train), cfg.trainer.seed), **common)
-    evaluate = DataLoader(data.eval, shuffle=False, **common)
+    train = BatchStream(data.train, EpochSampler(data.train, cfg.trainer.seed, world.rank, world.size), **common)
+    shard = DistributedSampler(data.eval, world.size, world.rank, shuffle=False) if world.size > 1 else None
+    # Its own generator: starting an eval must not draw from the global RNG (dropout's), or a run
+    # that evaluated at a step would continue differently from one that did not.
+    evaluate = DataLoader(data.eval, sampler=shard, shuffle=False, generator=torch.Generator().manual_seed(0), **common)
     return train, evaluate
 
 
 def build(cfg: DictConfig) -> Run:
     """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input."""
     validate(cfg)
-    device = resolve_device(cfg.trainer.device.name)
+    world = distributed.world()
+    device = resolve_device(cfg.trainer.device.name, world.local_rank)
     seed = cfg.trainer.seed
     random.seed(seed)
     torch.manual_seed(seed)
@@ -93,18 +103,27 @@ def build(cfg: DictConfig) -> Run:
     vocab_size = cfg.model.get("vocab_size") or data.vocab_size
     if vocab_size < data.vocab_size:
         raise ConfigError(f"model.vocab_size={vocab_size} is smaller than the data's vocabulary ({data.vocab_size})")
-    train_batches, eval_loader = loaders(data, cfg, device)
+    train_batches, eval_loader = loaders(data, cfg, device, world)
     if "vocab_size" in cfg.model:
         cfg.model.vocab_size = vocab_size  # recorded resolved, in config.yaml and checkpoints
 
-    model = _build("model", cfg.model, vocab_size=vocab_size).to(device)
+    model = _build("model", cfg.model, vocab_size=vocab_size).to(device)  # the same init on every rank
+    precision = _build("amp", cfg.amp, device=device)
+    strategy = cfg.strategy
+    if strategy.kind.name == "fsdp" and world.size > 1:
+        # FSDP casts the sharded parameters itself (MixedPrecisionPolicy); autocast would cast again.
+        model = distributed.wrap(model, "fsdp", device, precision.dtype, strategy.reshard_after_forward)
+        precision.dtype = None
+    else:
+        model = distributed.wrap(model, strategy.kind.name, device, None)
+    if world.size > 1:
+        torch.manual_seed(seed + world.rank)  # dropout and masking differ from rank to rank
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _build("optim", cfg.optim, params=param_groups(model, cfg.optim.get("weight_decay", 0.0)))
     scheduler = _build("sched", cfg.sched, optimizer=optimizer, max_steps=cfg.trainer.max_steps)
-    precision = _build("amp", cfg.amp, device=device)
     clip = _build("clip", cfg.clip)
     if hasattr(clip, "bind"):  # AGC resolves its exclude patterns against parameter names
-        clip.bind(model)
+        clip.bind(getattr(model, "module", model))  # DDP's wrapper would prefix every name
     if cfg.trainer.compile:
         model = torch.compile(model)
     return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_batches, eval_loader)

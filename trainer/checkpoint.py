@@ -33,10 +33,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def path(directory: Path, step: int) -> Path:
+    return directory / f"step_{step:08d}.pt"
+
+
 def save(directory: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Write state as directory/step_<step>.pt atomically, then keep only the newest keep_last."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step_{step:08d}.pt"
+    final = path(directory, step)
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

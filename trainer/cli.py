@@ -15,7 +15,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from trainer import config
+from trainer import config, distributed
 from trainer.config import CONF_DIR, ConfigError
 
 
@@ -55,14 +55,22 @@ def train(cfg: DictConfig) -> float:
     from trainer.guard import Diverged
     from trainer.preemption import Preempted
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.trainer.nproc_per_node > 1 and not distributed.is_worker():
+        # This process only launches: the workers train, into this same run dir.
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+        print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
+        distributed.launch(cfg.trainer.nproc_per_node, [*overrides, f"hydra.run.dir={run_dir}"])
+        return None
+    world = distributed.world()
     try:
         run = build(cfg)
     except Exception as e:
         # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
         _fail(e)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    display = Display(cfg.trainer.max_steps)
-    display.start(cfg, run_dir, str(run.device), sum(p.numel() for p in run.params))
+    display = Display(cfg.trainer.max_steps, quiet=not world.main)
+    display.start(cfg, run_dir, str(run.device) + (f" x {world.size} processes" if world.size > 1 else ""),
+                  sum(p.numel() for p in run.params))
     try:
         summary = train_loop(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
     except (Preempted, Diverged) as e:
@@ -128,7 +136,8 @@ def _fail(e: BaseException) -> None:
     msg = None if _FULL_ERROR else one_line(e)
     if msg is None:
         raise e
-    print(f"error: {msg}", file=sys.stderr)
+    world = distributed.world()
+    print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -147,7 +156,9 @@ def name_jobs_by_sweep(args: list[str]) -> list[str]:
         if eq and not swept and not key.startswith("hydra"):
             fixed.append(key)
     excluded = ",".join(_ALWAYS_EXCLUDED + fixed)
-    return [*args, f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]"]
+    # Next to the last override: argparse takes no overrides after trailing flags like --cfg hydra.
+    at = max((i + 1 for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=len(args))
+    return [*args[:at], f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]", *args[at:]]
 
 
 def _hydra(task, args: list[str]) -> None:
@@ -170,8 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     config.register()
     if command == "train":
+        if distributed.is_worker():
+            # Started by torchrun: join the group, and take rank 0's clock for the run dir's name.
+            import logging
+
+            world = distributed.init()
+            config.started(distributed.shared_start_time())
+            if not world.main:  # quiet: rank 0 writes the dir's .hydra/ and train.log
+                rest = [*rest, "hydra.output_subdir=null"]
+                logging.getLogger("trainer").setLevel(logging.WARNING)
         try:
             _hydra(train, rest)
+            distributed.finish()
         except KeyboardInterrupt:  # the second Ctrl-C: the first one asked for a clean stop
             print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before",
                   file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from trainer.controller import Controller
@@ -21,6 +22,17 @@ class ClipResult(NamedTuple):
     norm: torch.Tensor  # total gradient norm before clipping (norm_type of the policy, else L2)
     clipped_norm: torch.Tensor  # the same norm after clipping
     clipped: torch.Tensor  # bool: did clipping change the gradients
+
+
+def total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
+    """get_total_norm (foreach), as one plain tensor equal on every rank.
+
+    Under FSDP the gradients are DTensor shards and get_total_norm gives a DTensor whose
+    full_tensor() reduces the shards' norms across ranks: the true global norm (as torchtitan's
+    clip_grad_norm_ does). Under DDP the gradients are already all-reduced, so every rank has it.
+    """
+    norm = get_total_norm(grads, norm_type, foreach=True)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -49,7 +61,7 @@ class NormClip:
         self.controller = Controller(**controller_keys) if controller else None
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = get_total_norm(_grads(params), self.norm_type, foreach=True)
+        norm = total_norm(_grads(params), self.norm_type)
         coef = scale_to_norm(params, norm, self.max_norm)
         return ClipResult(norm, norm * coef, norm > self.max_norm)
 
@@ -70,15 +82,15 @@ class ValueClip:
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
         grads = _grads(params)
-        norm = get_total_norm(grads, 2.0, foreach=True)
-        clipped = get_total_norm(grads, float("inf"), foreach=True) > self.clip_value
+        norm = total_norm(grads, 2.0)
+        clipped = total_norm(grads, float("inf")) > self.clip_value
         torch.nn.utils.clip_grad_value_(params, self.clip_value, foreach=True)
-        return ClipResult(norm, get_total_norm(grads, 2.0, foreach=True), clipped)
+        return ClipResult(norm, total_norm(grads, 2.0), clipped)
 
 
 class NoClip:
     """Leave gradients as they are; still measure their L2 norm."""
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = get_total_norm(_grads(params), 2.0, foreach=True)
+        norm = total_norm(_grads(params), 2.0)
         return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool, device=norm.device))

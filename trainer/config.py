@@ -10,6 +10,7 @@ the full key in the message.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import math
 import sysconfig
@@ -230,6 +231,27 @@ class TrainerConfig:
     eval_every: int = _positive()
     eval_batches: int = _positive()
     compile: bool = MISSING
+    # >1: `trainer train` starts this many workers on this node through torch's elastic launcher.
+    nproc_per_node: int = _positive()
+
+
+# ---------------------------------------------------------------- strategy
+class StrategyKind(enum.Enum):
+    auto = "auto"  # DDP with more than one process, else none
+    none = "none"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+@dataclass
+class StrategyConfig:
+    kind: StrategyKind = MISSING
+
+
+@dataclass
+class FSDPConfig(StrategyConfig):
+    # True: free each block's gathered parameters after its forward (ZeRO-3); False: keep them (ZeRO-2).
+    reshard_after_forward: bool = MISSING
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -264,6 +286,7 @@ SCHEMAS = {
     "clip": {"norm": NormClipConfig, "value": ValueClipConfig, "none": NoClipConfig, "zclip": ZClipConfig,
              "autoclip": AutoClipConfig, "agc": AGCConfig},
     "trainer": {"default": TrainerConfig},
+    "strategy": {"auto": StrategyConfig, "ddp": StrategyConfig, "fsdp": FSDPConfig},
     "checkpoint": {"default": CheckpointConfig},
     "guard": {"default": GuardConfig},
     "log": {"default": LogConfig},
@@ -281,6 +304,24 @@ def register() -> None:
             cs.store(name=f"schema_{group}_{name}", node=schema)
     if not OmegaConf.has_resolver("stdlib"):
         OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
+    if not OmegaConf.has_resolver("started"):
+        OmegaConf.register_new_resolver("started", lambda pattern: started().strftime(pattern))
+
+
+_started: list[datetime.datetime] = []
+
+
+def started(at: datetime.datetime | None = None) -> datetime.datetime:
+    """When this run started, for its timestamped dir (${started:...} in conf/config.yaml).
+
+    Fixed at the first call; under torchrun, every rank passes rank 0's time so that all ranks
+    name the same dir (Hydra's own ${now:} would read each process's clock).
+    """
+    if at is not None:
+        _started[:] = [at]
+    if not _started:
+        _started.append(datetime.datetime.now())
+    return _started[0]
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -315,6 +356,12 @@ def validate(cfg: DictConfig) -> None:
         )
     if "max_seq_len" in model and "seq_len" in cfg.data and cfg.data.seq_len > model.max_seq_len:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} is longer than model.max_seq_len={model.max_seq_len}")
+    if cfg.strategy.kind.name == "fsdp":
+        if cfg.amp._target_.endswith(".fp16"):
+            raise ConfigError("strategy=fsdp with amp=fp16: not supported (each rank's GradScaler would see only "
+                              "its shard's infs); use amp=bf16")
+        if cfg.clip._target_.endswith(".AGC"):
+            raise ConfigError("strategy=fsdp with clip=agc: not supported (AGC needs whole rows of each weight)")
     # The guard checks losses at log steps; a checkpoint must only ever follow a checked interval.
     if cfg.guard.spike and cfg.checkpoint.every % cfg.trainer.log_every:
         raise ConfigError(f"checkpoint.every={cfg.checkpoint.every} must be a multiple of "

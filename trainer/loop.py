@@ -14,7 +14,7 @@ from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from trainer import checkpoint
+from trainer import checkpoint, distributed
 from trainer.build import Run
 from trainer.display import Display
 from trainer.guard import Diverged, SpikeGuard
@@ -31,16 +31,16 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 @torch.no_grad()
 def evaluate(run: Run) -> float:
-    """Mean loss over up to trainer.eval_batches batches of the held-out set."""
+    """Mean loss over up to trainer.eval_batches batches of the held-out set (of each rank's share)."""
     run.model.eval()
-    total = torch.zeros((), device=run.device)
-    n = 0
+    total = torch.zeros(2, device=run.device)  # loss sum, batches
     for batch in itertools.islice(run.eval_loader, run.cfg.trainer.eval_batches):
         with run.precision.autocast():
-            total += run.model(**to_device(batch, run.device)).float()
-        n += 1
+            total[0] += run.model(**to_device(batch, run.device)).float()
+        total[1] += 1
     run.model.train()
-    return (total / max(n, 1)).item()
+    loss_sum, n = distributed.all_reduce_sum(total).tolist()
+    return loss_sum / max(n, 1)
 
 
 def _count(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -119,6 +119,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     hparams (the run's settings) are recorded with the final metrics for TensorBoard's HPARAMS tab.
     """
     t, c, g = run.cfg.trainer, run.cfg.checkpoint, run.cfg.guard
+    world = distributed.world()  # rank 0 alone writes events, config.yaml and checkpoints
     ckpt_dir = Path(c.dir) if c.dir else run_dir / "checkpoints"
     meter = Meter(run.device, t.log_every)
     guard = SpikeGuard(g.window, g.threshold, g.nonfinite_steps, g.max_rollbacks) if g.spike else None
@@ -133,15 +134,20 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
         start_step, eval_losses = state["step"], state["eval_losses"]
         display.print(f"resumed from {path} at step {start_step}")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
-    # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint.
-    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
-    writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
+    writer = None
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
+        # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint.
+        writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
+        writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
     per_step_schedule = not isinstance(run.scheduler, ReduceLROnPlateau)
 
     def save(step: int) -> Path:
-        return checkpoint.save(ckpt_dir, step, capture(run, step, meter, eval_losses, guard), c.keep_last)
+        state = capture(run, step, meter, eval_losses, guard)  # on every rank: it gathers their RNGs
+        path = checkpoint.save(ckpt_dir, step, state, c.keep_last) if world.main else checkpoint.path(ckpt_dir, step)
+        distributed.barrier()  # no rank reads it (a rollback, a resume) before it is complete
+        return path
 
     if guard and not checkpoint.checkpoints(ckpt_dir):
         save(start_step)  # something to roll back to before the first checkpoint is due
@@ -183,7 +189,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                         step, eval_losses = _rollback(run, ckpt_dir, meter, guard, bad, positions)
                         positions.clear()
                         # Tell TensorBoard the steps after the checkpoint are being redone.
-                        writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+                        if writer:
+                            writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
                         display.note(f"loss {spike:.4g} at step {bad[0]}: rolled back to step {step}, skipping "
                                      f"its batches (rollback {guard.rollbacks}/{guard.max_rollbacks})")
                         continue
@@ -199,7 +206,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                     if probe:
                         m.update(probe.read())
                     for tag, value in m.items():
-                        writer.add_scalar(tag, value, step)
+                        if writer:
+                            writer.add_scalar(tag, value, step)
                     display.log(step, m, m["train/loss_scale"], lr)
                     speeds.append(m["perf/tokens_per_sec"])
                     if m["train/loss_scale"] < run.precision.min_scale:
@@ -209,12 +217,18 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                 if step % t.eval_every == 0 or step == t.max_steps:
                     loss = evaluate(run)
                     eval_losses.append(loss)
-                    writer.add_scalar("eval/loss", loss, step)
+                    if writer:
+                        writer.add_scalar("eval/loss", loss, step)
                     display.eval(step, loss)
                     if not per_step_schedule:
                         run.scheduler.step(loss)
-                if stop.signum:
-                    writer.flush()
+                # With more than one process, all ranks must stop after the same step: they agree at
+                # log steps (one tiny collective there), never with a collective on every step.
+                if world.size > 1 and log_step:
+                    stop.signum = distributed.agreed_signal(stop.signum)
+                if stop.signum and (world.size == 1 or log_step):
+                    if writer:
+                        writer.flush()
                     path = save(step)
                     raise Preempted(stop.signum, (
                         f"stopped by {stop.name} after step {step}; checkpoint: {path}; to resume, run the same "
@@ -235,9 +249,10 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
             "steps": t.max_steps,
             "checkpoints": str(ckpt_dir),
         }
-        if hparams is not None:
+        if hparams is not None and writer:
             write_hparams(writer, hparams, summary, step)
     finally:
         display.close()
-        writer.close()
+        if writer:
+            writer.close()
     return summary

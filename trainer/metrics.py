@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from trainer import distributed
 from trainer.config import ConfigError
 from trainer.step import StepResult
 
@@ -66,6 +67,11 @@ class Meter:
         """Averages since the last read, and each step's loss and norm; then reset. One wait for the device."""
         values = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None],
                             self.per_step[:, :self.steps].flatten()])
+        # Across ranks: the mean. Losses differ from rank to rank; norms, flags and counts are the
+        # same on every rank (gradients are all-reduced before they are measured), so stay as they are.
+        world = distributed.world().size
+        if world > 1:
+            values = distributed.all_reduce_sum(values) / world
         host = values.tolist()
         sums, skipped, clipped = host[:6], host[6], host[7]
         per_step = {"loss": host[8:8 + self.steps], "norm": host[8 + self.steps:]}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from trainer import checkpoint
+from trainer import checkpoint, distributed
 from trainer.build import Run
 from trainer.config import ConfigError
 from trainer.display import Display
@@ -22,24 +22,59 @@ _MUST_MATCH = ("model", "optim._target_", "amp._target_")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    """The user's model inside torch.compile's and DDP's wrappers (their names prefix every key)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def _sharded(run: Run) -> bool:
+    return run.cfg.strategy.kind.name == "fsdp"
+
+
+def _weights_and_optimizer(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Plain state dicts; under FSDP, the full (unsharded) ones, gathered to rank 0's CPU."""
+    if _sharded(run):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(_unwrap(run.model), run.optimizer,
+                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return _unwrap(run.model).state_dict(), run.optimizer.state_dict()
+
+
+def _load_weights_and_optimizer(run: Run, model: dict[str, Any], optimizer: dict[str, Any]) -> None:
+    if _sharded(run):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(_unwrap(run.model), run.optimizer, model_state_dict=model, optim_state_dict=optimizer,
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    _unwrap(run.model).load_state_dict(model)
+    run.optimizer.load_state_dict(optimizer)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def capture(run: Run, step: int, meter: Meter, eval_losses: list[float], guard: SpikeGuard | None) -> dict[str, Any]:
-    """Everything needed to continue exactly after `step`: weights, optimizer, schedule, scaler, data, RNGs."""
+    """Everything needed to continue exactly after `step`: weights, optimizer, schedule, scaler, data, RNGs.
+
+    Called on every rank (it gathers each rank's RNG state; under FSDP, the shards); rank 0 saves it.
+    """
+    weights, optimizer = _weights_and_optimizer(run)
     return {
         "step": step,
-        "model": _unwrap(run.model).state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optimizer,
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.precision.scaler.state_dict() if run.precision.scaler else {},
         "clip": run.clip.state_dict() if hasattr(run.clip, "state_dict") else {},
         "data": run.train_batches.state_dict(),
-        "rng": {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": distributed.all_gather_object(_rng_state()),  # one per rank
         "meter": meter.state_dict(),
         "eval_losses": list(eval_losses),
         "guard": guard.state_dict() if guard else {},
@@ -65,9 +100,12 @@ def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: Sp
             dotted, saved, now = f"{dotted}.{key}", saved.get(key), now.get(key)
         raise ConfigError(f"checkpoint {path} was trained with {dotted}={saved}, but the config says {now}; "
                           "resume with the same setting")
+    world = distributed.world()
+    if len(state["rng"]) != world.size:
+        raise ConfigError(f"checkpoint {path} was written by {len(state['rng'])} processes, this run has {world.size}: "
+                          "resume with the same number (each rank's data position and RNG are in it)")
     try:
-        _unwrap(run.model).load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        _load_weights_and_optimizer(run, state["model"], state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"checkpoint {path} does not fit this model/optimizer: {str(e).splitlines()[0]}") from None
     run.scheduler.load_state_dict(state["scheduler"])
@@ -76,10 +114,11 @@ def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: Sp
     if hasattr(run.clip, "load_state_dict"):
         run.clip.load_state_dict(state["clip"])
     run.train_batches.load_state_dict(state["data"])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    rng = state["rng"][world.rank]
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     meter.load_state_dict(state["meter"])
     if guard and state["guard"]:
         guard.load_state_dict(state["guard"])

@@ -1,32 +1,32 @@
 """Training batches epoch after epoch, with a position that checkpoints save and resume restores.
 
-Each epoch's order is a permutation drawn from (seed, epoch) alone, so a resumed run can start
-mid-epoch at exactly the next unseen batch without replaying the earlier ones.
+Each epoch's order is torch's DistributedSampler permutation, drawn from (seed, epoch) alone, with
+rank r of N taking every N-th index; so a resumed run can start mid-epoch at exactly the next
+unseen batch without replaying the earlier ones, and N ranks with batch b see, step for step,
+the same samples as one process with batch N*b.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
-class EpochSampler(Sampler[int]):
-    """A fresh shuffle per epoch from (seed, epoch), starting ``start`` indices into it."""
+class EpochSampler(DistributedSampler):
+    """DistributedSampler (shuffled, drop_last) that starts ``start`` indices into this rank's share."""
 
-    def __init__(self, size: int, seed: int):
-        self.size = size
-        self.seed = seed
-        self.epoch = 0
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.start = 0
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return self.num_samples - self.start
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(self.size, generator=gen)[self.start:].tolist()
+        return itertools.islice(super().__iter__(), self.start, None)
 
 
 class BatchStream:
@@ -49,7 +49,8 @@ class BatchStream:
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._it is None:
-            self.sampler.epoch, self.sampler.start = self.epoch, self.index * self.batch_size
+            self.sampler.set_epoch(self.epoch)
+            self.sampler.start = self.index * self.batch_size
             self._it = iter(self.loader)
         try:
             batch = next(self._it)

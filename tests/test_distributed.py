@@ -1,0 +1,139 @@
+"""More than one process (gloo on CPU, through torch's elastic launcher): the same numbers as one.
+
+The reference is always one process with the whole global batch: N ranks with batch b must
+take, step for step, the same loss, pre-clip norm and update as one process with batch N*b.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY, read_scalars, run_cli
+from trainer import checkpoint
+
+pytestmark = pytest.mark.slow
+
+# Synthetic data, fp32, clipping active on every step (max_norm below the norms seen).
+BASE = [*TINY, "trainer.log_every=1", "trainer.eval_every=1000", "clip.max_norm=0.5", "optim.fused=false",
+        "sched=constant", "guard.spike=false"]
+
+
+def train(run_dir, *args):
+    done = run_cli("train", *BASE, *args, f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(run_dir):
+    path, state = checkpoint.latest(run_dir / "checkpoints")
+    return state["model"]
+
+
+def assert_same_run(one, two, steps):
+    a, b = read_scalars(one), read_scalars(two)
+    for tag in ("train/loss", "train/grad_norm", "train/grad_norm_clipped"):
+        assert [s for s, _ in b[tag]] == list(range(1, steps + 1)), tag
+        for (step, x), (_, y) in zip(a[tag], b[tag]):
+            assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (tag, step, x, y)
+    assert max(v for _, v in a["train/grad_norm"]) > 0.5  # clipping really acted
+    wa, wb = weights(one), weights(two)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accum):
+    steps = 6
+    common = ["trainer.max_steps=6", "trainer.eval_every=6", f"trainer.grad_accum={accum}"]
+    train(tmp_path / "one", *common, "data.batch_size=8")
+    train(tmp_path / "two", *common, "data.batch_size=4", "trainer.nproc_per_node=2")
+    assert_same_run(tmp_path / "one", tmp_path / "two", steps)
+    # One run, one dir: a single events file, a single checkpoints dir, nothing per rank.
+    events = sorted(p.name for p in (tmp_path / "two").rglob("events.out.tfevents.*"))
+    assert len(events) == 1, events
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        ".hydra", "checkpoints", "config.yaml", events[0], "train.log"]
+
+
+def test_torchrun_ranks_agree_on_one_timestamped_run_dir(tmp_path):
+    """Plain torchrun, no hydra.run.dir: every rank must still pick the same outputs/<date>/<time>."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "trainer", "train",
+         *BASE, "data.batch_size=4", "trainer.max_steps=3"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dirs = [p.parent for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
+    assert len(run_dirs) == 1 and len(list((tmp_path / "outputs").glob("*/*"))) == 1, run_dirs
+    assert len(list(run_dirs[0].glob("events.out.tfevents.*"))) == 1
+
+
+def test_fsdp_logs_the_unsharded_norm_and_clips_alike(tmp_path):
+    steps = 4
+    common = [f"trainer.max_steps={steps}", f"trainer.eval_every={steps}"]
+    train(tmp_path / "one", *common, "data.batch_size=8")
+    train(tmp_path / "fsdp", *common, "data.batch_size=4", "trainer.nproc_per_node=2", "strategy=fsdp")
+    assert_same_run(tmp_path / "one", tmp_path / "fsdp", steps)
+
+
+def test_resume_of_a_two_process_run_continues_exactly(tmp_path):
+    """Stop at step 5, resume to 10; dropout on, so each rank's own RNG state must come back."""
+    two = ["data.batch_size=4", "trainer.nproc_per_node=2", "model.dropout=0.1", "trainer.eval_every=10"]
+    train(tmp_path / "ref", *two, "trainer.max_steps=10")
+    train(tmp_path / "run", *two, "trainer.max_steps=5")
+    train(tmp_path / "run", *two, "trainer.max_steps=10", "checkpoint.resume=auto")
+    ref, run = read_scalars(tmp_path / "ref")["train/loss"], read_scalars(tmp_path / "run")["train/loss"]
+    resumed = {s: v for s, v in run if s > 5}
+    assert sorted(resumed) == list(range(6, 11))
+    for step, value in ref[5:]:
+        assert abs(resumed[step] - value) < 1e-6, (step, resumed[step], value)
+
+
+def _children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_killing_one_worker_ends_the_job_promptly(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "train", *BASE, "data.batch_size=4", "trainer.nproc_per_node=2",
+         "trainer.max_steps=100000", f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.time() + 90
+        while not list(run_dir.glob("events.out.tfevents.*")) or len(_children(proc.pid)) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)  # well into training
+        workers = _children(proc.pid)
+        os.kill(workers[-1], signal.SIGKILL)
+        killed = time.time()
+        _, err = proc.communicate(timeout=60)
+        took = time.time() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    print(f"job ended {took:.1f} s after kill -9 of one worker")
+    assert took < 30, took
+    assert "was killed by signal 9" in err, err[-2000:]
+
+
+def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
+    train(tmp_path / "run", "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=2")
+    done = run_cli("train", *BASE, "data.batch_size=4", "trainer.max_steps=4", "checkpoint.resume=auto",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: checkpoint {tmp_path / 'run' / 'checkpoints' / 'step_00000002.pt'} was written by 2 processes, "
+        "this run has 1: resume with the same number (each rank's data position and RNG are in it)"]

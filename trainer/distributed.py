@@ -1,0 +1,143 @@
+"""More than one process: torchrun's environment, the process group, wrapping the model, launching.
+
+trainer starts no process and runs no collective of its own: workers come from torch's elastic
+launcher (what torchrun runs), every collective is torch.distributed's, and the model is wrapped
+by DDP or FSDP2's fully_shard.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes events, checkpoints and the display."""
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's place, from the variables torchrun sets (one process without them)."""
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def is_worker() -> bool:
+    """True in a process started by torchrun (or trainer's own use of its launcher)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init() -> World:
+    """Join the process group torchrun set up: NCCL for CUDA tensors, gloo for CPU ones."""
+    w = world()
+    if w.size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(w.local_rank)
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return w
+
+
+def shared_start_time() -> datetime.datetime:
+    """Rank 0's clock, so every rank names the same timestamped run dir."""
+    now = [datetime.datetime.now()]
+    if dist.is_initialized():
+        dist.broadcast_object_list(now, src=0)
+    return now[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In place across ranks (no-op in one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def agreed_signal(signum: int | None) -> int | None:
+    """The stop signal any rank has received (the largest number), so that all ranks stop together."""
+    flag = torch.tensor([signum or 0])  # a CPU tensor: gloo, no device sync
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag) or None
+
+
+def all_gather_object(obj: object) -> list[object]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def finish() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, strategy: str, device: torch.device, mp_dtype: torch.dtype | None,
+         reshard_after_forward: bool = True) -> nn.Module:
+    """DDP or FSDP2 (fully_shard on each transformer block, then the root), or the model as it is.
+
+    ``auto`` means DDP. With one process every strategy leaves the model as it is. FSDP's own MixedPrecisionPolicy casts the
+    parameters to mp_dtype for compute and reduces gradients in fp32.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model  # one process: nothing to replicate or shard, whatever the strategy
+    if strategy in ("auto", "ddp"):
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32)
+        for block in _blocks(model):
+            fully_shard(block, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        fully_shard(model, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        return model
+    return model
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated layers to shard one by one: the children of every nn.ModuleList."""
+    return [block for m in model.modules() if isinstance(m, nn.ModuleList) for block in m]
+
+
+def launch(nproc: int, args: list[str]) -> None:
+    """Run `trainer train ARGS` in nproc workers on this node through torch's elastic launcher,
+    exactly as `torchrun --standalone --nproc-per-node=N -m trainer train ARGS` would."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    parsed = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}",
+         # and SLURM's warning before the time limit, so the workers checkpoint on it too
+         "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+         "--module", "trainer", "train", *args])
+    try:
+        run(parsed)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        how = (f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0
+               else f"exited with code {failure.exitcode}")
+        print(f"error: worker rank {rank} {how}; the job was stopped (its own error, if any, is above)",
+              file=sys.stderr)
+        sys.exit(1)
