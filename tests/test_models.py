@@ -9,7 +9,7 @@ from trainer.build import build
 from trainer.data.tokens import FIRST_REGULAR_ID, MASK_ID
 from trainer.display import Display
 from trainer.loop import train
-from trainer.models import GPT, BertMLM
+from trainer.models import GPT, Bert
 
 SHAPE = dict(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, dropout=0.0, max_seq_len=32,
              vocab_size=50)
@@ -34,7 +34,7 @@ def test_gpt_loss_at_init_is_near_uniform():
 
 def test_bert_masks_fifteen_percent_eighty_ten_ten():
     torch.manual_seed(0)
-    model = BertMLM(**SHAPE, mask_prob=0.15)
+    model = Bert(**SHAPE, mask_prob=0.15, mask_token_id=MASK_ID)
     ids = torch.randint(FIRST_REGULAR_ID, 50, (64, 512))
     inputs, labels = model.mask(ids)
     chosen = labels != -100
@@ -43,8 +43,16 @@ def test_bert_masks_fifteen_percent_eighty_ten_ten():
     as_mask = (inputs[chosen] == MASK_ID).float().mean().item()
     kept = (inputs[chosen] == ids[chosen]).float().mean().item()
     assert abs(as_mask - 0.8) < 0.02
-    assert abs(kept - (0.1 + 0.1 / (50 - FIRST_REGULAR_ID))) < 0.02  # random draws can equal the original
+    assert abs(kept - (0.1 + 0.1 / 50)) < 0.02  # random draws (over the vocabulary) can equal the original
     assert torch.equal(inputs[~chosen], ids[~chosen])
+    # Padding and special tokens are never chosen.
+    pad = torch.zeros_like(ids)
+    pad[:, :256] = 1
+    special = torch.zeros_like(ids)
+    special[:, 0] = 1
+    _, labels = model.mask(ids, attention_mask=pad, special_tokens_mask=special)
+    assert (labels[:, 256:] == -100).all() and (labels[:, 0] == -100).all()
+    assert abs((labels[:, 1:256] != -100).float().mean().item() - 0.15) < 0.01
     # Eval masking is the same every call, so eval losses are comparable.
     model.eval()
     assert torch.equal(model.mask(ids)[0], model.mask(ids)[0])

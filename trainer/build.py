@@ -7,7 +7,7 @@ optimizer, schedule, precision or clipping policy plugs in by import path.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -22,6 +22,8 @@ from trainer import distributed
 from trainer.clipping import ClipResult
 from trainer.config import ConfigError, validate
 from trainer.data.stream import BatchStream, EpochSampler
+from trainer.data.tokens import MASK_ID
+from trainer.models import pretrained as hf_pretrained
 from trainer.precision import Precision
 
 
@@ -40,6 +42,7 @@ class Run:
     data: Any
     train_batches: BatchStream  # endless; its position is checkpointed
     eval_loader: DataLoader
+    notes: list[str] = field(default_factory=list)  # what the user should know before training
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -81,7 +84,7 @@ def loaders(data: Any, cfg: DictConfig, device: torch.device,
                           + (f" for {world.size} processes" if world.size > 1 else ""))
     pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
     common = dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=pin,
-                  persistent_workers=d.num_workers > 0)
+                  persistent_workers=d.num_workers > 0, collate_fn=getattr(data, "collate", None))
     train = BatchStream(data.train, EpochSampler(data.train, cfg.trainer.seed, world.rank, world.size), **common)
     shard = DistributedSampler(data.eval, world.size, world.rank, shuffle=False) if world.size > 1 else None
     # Its own generator: starting an eval must not draw from the global RNG (dropout's), or a run
@@ -92,6 +95,9 @@ def loaders(data: Any, cfg: DictConfig, device: torch.device,
 
 def build(cfg: DictConfig) -> Run:
     """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input."""
+    pretrained = cfg.model.get("pretrained")
+    if pretrained:  # its config.json fixes the architecture, recorded in config.yaml and checkpoints
+        cfg.model.update(hf_pretrained.architecture(pretrained))
     validate(cfg)
     world = distributed.world()
     device = resolve_device(cfg.trainer.device.name, world.local_rank)
@@ -106,8 +112,18 @@ def build(cfg: DictConfig) -> Run:
     train_batches, eval_loader = loaders(data, cfg, device, world)
     if "vocab_size" in cfg.model:
         cfg.model.vocab_size = vocab_size  # recorded resolved, in config.yaml and checkpoints
+    for key in ("mask_token_id", "num_labels"):  # from the data's tokenizer and labels, unless set
+        if key in cfg.model and cfg.model[key] is None:
+            cfg.model[key] = getattr(data, key, None)
+    if "mask_token_id" in cfg.model and cfg.model.mask_token_id is None:
+        cfg.model.mask_token_id = MASK_ID
 
-    model = _build("model", cfg.model, vocab_size=vocab_size).to(device)  # the same init on every rank
+    model = _build("model", cfg.model, vocab_size=vocab_size)  # the same init on every rank
+    notes = []
+    if pretrained:
+        new = hf_pretrained.load(model, pretrained)
+        notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else ""))
+    model = model.to(device)
     precision = _build("amp", cfg.amp, device=device)
     strategy = cfg.strategy
     if strategy.kind.name == "fsdp" and world.size > 1:
@@ -126,4 +142,5 @@ def build(cfg: DictConfig) -> Run:
         clip.bind(getattr(model, "module", model))  # DDP's wrapper would prefix every name
     if cfg.trainer.compile:
         model = torch.compile(model)
-    return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_batches, eval_loader)
+    return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_batches, eval_loader,
+               notes)

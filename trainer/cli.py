@@ -71,6 +71,8 @@ def train(cfg: DictConfig) -> float:
     display = Display(cfg.trainer.max_steps, quiet=not world.main)
     display.start(cfg, run_dir, str(run.device) + (f" x {world.size} processes" if world.size > 1 else ""),
                   sum(p.numel() for p in run.params))
+    for note in run.notes:
+        display.note(note)
     try:
         summary = train_loop(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
     except (Preempted, Diverged) as e:

@@ -70,6 +70,14 @@ class ModelConfig:
 class BertConfig(ModelConfig):
     _target_: str = MISSING
     mask_prob: float = _open_unit()
+    task: str = MISSING  # the top-level task (mlm for auto)
+    # A Hugging Face-format folder: its config.json sets the architecture, its weights are loaded.
+    pretrained: Optional[str] = MISSING
+    type_vocab_size: int = _positive()
+    layer_norm_eps: float = _positive()
+    # None: from the data (its tokenizer's [MASK]; its number of labels).
+    mask_token_id: Optional[int] = _non_negative()
+    num_labels: Optional[int] = _checked(lambda v: v >= 2, "must be >= 2")
 
 
 # ---------------------------------------------------------------- data
@@ -99,6 +107,19 @@ class TextDataConfig(DataConfig):
     files: str = MISSING
     # For .jsonl files: the field holding the text.
     text_field: str = MISSING
+    val_fraction: float = _open_unit()
+
+
+@dataclass
+class LabelledDataConfig(DataConfig):
+    _target_: str = MISSING
+    train_file: str = MISSING
+    eval_file: Optional[str] = MISSING  # None: hold out val_fraction of train_file
+    text_field: str = MISSING
+    text_pair_field: Optional[str] = MISSING
+    label_field: Optional[str] = MISSING  # None: unlabelled text (task=mlm)
+    # A folder with tokenizer.json or vocab.txt; None: the byte tokenizer. Default: model.pretrained.
+    tokenizer: Optional[str] = MISSING
     val_fraction: float = _open_unit()
 
 
@@ -279,7 +300,8 @@ class LogConfig:
 
 SCHEMAS = {
     "model": {"gpt": ModelConfig, "bert": BertConfig},
-    "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig},
+    "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig, "jsonl": LabelledDataConfig,
+             "csv": LabelledDataConfig},
     "optim": {"adamw": AdamWConfig, "sgd": SGDConfig},
     "sched": {"cosine": CosineConfig, "constant": ConstantConfig, "plateau": PlateauConfig},
     "amp": {"fp32": AmpConfig, "bf16": AmpConfig, "fp16": FP16Config},
@@ -304,6 +326,8 @@ def register() -> None:
             cs.store(name=f"schema_{group}_{name}", node=schema)
     if not OmegaConf.has_resolver("stdlib"):
         OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
+    if not OmegaConf.has_resolver("trainer_root"):  # the checkout: conf/ and recipes/ live there
+        OmegaConf.register_new_resolver("trainer_root", lambda: str(Path(CONF_DIR).parent))
     if not OmegaConf.has_resolver("started"):
         OmegaConf.register_new_resolver("started", lambda pattern: started().strftime(pattern))
 
@@ -348,6 +372,16 @@ def validate(cfg: DictConfig) -> None:
             ok, why = check
             if not ok(value):
                 raise ConfigError(f"{group}.{f.name}={value}: {why}")
+    tasks = ("auto", "lm", "mlm", "classification")
+    if cfg.task not in tasks:
+        raise ConfigError(f"task={cfg.task}: choose from {', '.join(tasks)}")
+    target, data_target = cfg.model.get("_target_", ""), cfg.data.get("_target_", "")
+    if target == "trainer.models.GPT" and cfg.task not in ("auto", "lm"):
+        raise ConfigError(f"task={cfg.task}: model=gpt is a language model (task=lm); use model=bert")
+    if target == "trainer.models.GPT" and data_target == "trainer.data.LabelledText":
+        raise ConfigError("data=jsonl/csv feeds model=bert (masked LM or classification); model=gpt uses data=text")
+    if cfg.task == "classification" and not cfg.data.get("label_field"):
+        raise ConfigError("task=classification: set data.label_field (and data=jsonl or data=csv)")
     # A user's own model config need not have these keys.
     model = cfg.model
     if "hidden_size" in model and "num_heads" in model and model.hidden_size % model.num_heads:

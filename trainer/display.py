@@ -91,8 +91,8 @@ class Display:
         else:
             self.print(msg)
 
-    def eval(self, step: int, loss: float) -> None:
-        msg = f"step {step}/{self.max_steps}  eval/loss {loss:.4f}"
+    def eval(self, step: int, metrics: dict[str, float]) -> None:
+        msg = f"step {step}/{self.max_steps}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info(msg)
         if self.progress:
             self.progress.console.print(msg)

@@ -30,17 +30,40 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> float:
-    """Mean loss over up to trainer.eval_batches batches of the held-out set (of each rank's share)."""
+def evaluate(run: Run) -> dict[str, float]:
+    """Mean loss over up to trainer.eval_batches batches of the held-out set (of each rank's share);
+    with labels, also accuracy and F1 (of class 1 with two classes, else the mean over classes)."""
     run.model.eval()
-    total = torch.zeros(2, device=run.device)  # loss sum, batches
+    classes = run.cfg.model.get("num_labels") or 0
+    # loss sum, batches, then the confusion matrix (true x predicted) when there are labels
+    total = torch.zeros(2 + classes * classes, device=run.device)
     for batch in itertools.islice(run.eval_loader, run.cfg.trainer.eval_batches):
+        batch = to_device(batch, run.device)
         with run.precision.autocast():
-            total[0] += run.model(**to_device(batch, run.device)).float()
+            if classes and "labels" in batch:
+                loss, logits = run.model(**batch, return_logits=True)
+                pairs = batch["labels"] * classes + logits.argmax(-1)
+                total[2:] += torch.bincount(pairs, minlength=classes * classes).float()
+            else:
+                loss = run.model(**batch)
+        total[0] += loss.float()
         total[1] += 1
     run.model.train()
-    loss_sum, n = distributed.all_reduce_sum(total).tolist()
-    return loss_sum / max(n, 1)
+    host = distributed.all_reduce_sum(total).tolist()
+    out = {"eval/loss": host[0] / max(host[1], 1)}
+    if classes:
+        out.update(classification_metrics(torch.tensor(host[2:]).view(classes, classes)))
+    return out
+
+
+def classification_metrics(confusion: torch.Tensor) -> dict[str, float]:
+    """Accuracy and F1 from a confusion matrix (rows: true class, columns: predicted)."""
+    tp = confusion.diag()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"eval/accuracy": float(tp.sum() / confusion.sum().clamp(min=1)),
+            "eval/f1": float(f1[1] if len(f1) == 2 else f1.mean())}
 
 
 def _count(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -153,6 +176,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
         save(start_step)  # something to roll back to before the first checkpoint is due
 
     m: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
     speeds: list[float] = []  # tokens/s of each log interval
     clipped_total = 0.0
     positions: dict[int, list[tuple[int, int]]] = {}  # this interval's batch positions, for the guard
@@ -215,11 +239,13 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                                        f"{run.precision.min_scale:g} at step {step}: training has diverged; "
                                        "lower optim.lr or use amp=bf16")
                 if step % t.eval_every == 0 or step == t.max_steps:
-                    loss = evaluate(run)
+                    metrics = last_eval = evaluate(run)
+                    loss = metrics["eval/loss"]
                     eval_losses.append(loss)
                     if writer:
-                        writer.add_scalar("eval/loss", loss, step)
-                    display.eval(step, loss)
+                        for tag, value in metrics.items():
+                            writer.add_scalar(tag, value, step)
+                    display.eval(step, metrics)
                     if not per_step_schedule:
                         run.scheduler.step(loss)
                 # With more than one process, all ranks must stop after the same step: they agree at
@@ -239,6 +265,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
         summary = {
             "final eval loss": eval_losses[-1] if eval_losses else float("nan"),
             "best eval loss": min(finite) if finite else float("nan"),
+            **{f"final {tag.replace('/', ' ')}": value for tag, value in last_eval.items() if tag != "eval/loss"},
             "final train loss": m.get("train/loss", float("nan")),
             "clip fraction": clipped_total / t.max_steps,
             "skipped steps": int(m.get("train/skipped_steps", 0)),

@@ -2,7 +2,8 @@
 ``train`` and ``eval`` datasets whose items are dicts of tensors (``input_ids`` at least), and
 ``vocab_size``."""
 
+from trainer.data.labelled import LabelledText
 from trainer.data.synthetic import SyntheticData
 from trainer.data.text import TextData
 
-__all__ = ["SyntheticData", "TextData"]
+__all__ = ["LabelledText", "SyntheticData", "TextData"]

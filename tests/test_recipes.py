@@ -1,0 +1,66 @@
+"""Every recipe in recipes/ runs, at a CPU-sized setting, so that none of them rots."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, read_scalars, run_cli
+from tests.hf_folder import labelled_jsonl, tiny_bert
+
+pytestmark = pytest.mark.slow
+
+RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+SMALL_GPT = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
+             "data.files=${stdlib:}/json/*.py", "data.seq_len=32", "data.batch_size=4", "trainer.max_steps=4",
+             "trainer.log_every=2", "trainer.eval_every=4", "trainer.eval_batches=1", "sched.warmup_steps=0",
+             "checkpoint.every=0"]
+
+
+def test_every_recipe_has_its_readme_and_a_test():
+    assert RECIPES == ["bert-finetune", "clip-sweep", "fp16-vs-bf16", "gpt-text"]
+    readme = (ROOT / "recipes" / "README.md").read_text()
+    for name in RECIPES:
+        assert (ROOT / "recipes" / f"{name}.md").is_file()
+        assert f"+recipes={name}" in (ROOT / "recipes" / f"{name}.md").read_text()
+        assert name in readme
+
+
+def _report(sweep_dir):
+    out = run_cli("report", str(sweep_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_gpt_text(tmp_path):
+    out = run_cli("train", "+recipes=gpt-text", *SMALL_GPT, f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = (tmp_path / "config.yaml").read_text()
+    assert "lr: 0.0006" in cfg and "max_norm: 1.0" in cfg  # the recipe's own settings arrived
+    assert "eval/loss" in read_scalars(tmp_path)
+
+
+def test_bert_finetune(tmp_path):
+    folder = tiny_bert(tmp_path / "tiny-bert")
+    data = labelled_jsonl(tmp_path / "train.jsonl", n=100)
+    run_dir = tmp_path / "run"
+    out = run_cli("train", "+recipes=bert-finetune", f"model.pretrained={folder}", f"data.train_file={data}",
+                  "data.seq_len=32", "data.batch_size=8", "trainer.max_steps=4", "trainer.eval_every=4",
+                  "sched.warmup_steps=1", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    scalars = read_scalars(run_dir)
+    assert {"eval/accuracy", "eval/f1", "eval/loss"} <= set(scalars)
+    assert "new (not in it): pooler.weight, pooler.bias, classifier.weight, classifier.bias" in out.stdout
+
+
+@pytest.mark.parametrize("recipe,runs", [("clip-sweep", 6), ("fp16-vs-bf16", 3)])
+def test_sweep_recipes_then_report(tmp_path, recipe, runs):
+    sweep_dir = tmp_path / "sweep"
+    out = run_cli("train", "-m", f"+recipes={recipe}", *SMALL_GPT, f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = _report(sweep_dir)
+    assert len(rows) == runs
+    names = sorted(Path(r["run"]).name for r in rows)
+    assert all("amp=" in n for n in names), names
+    if recipe == "clip-sweep":
+        assert sum("clip.max_norm=0.25" in n for n in names) == 2
