@@ -15,6 +15,7 @@ import torch
 
 from tests.conftest import ROOT, TINY, read_scalars, run_cli
 from trainer import checkpoint
+from trainer.export import checkpoint_weights
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def train(run_dir, *args):
 
 def weights(run_dir):
     path, state = checkpoint.latest(run_dir / "checkpoints")
-    return state["model"]
+    return checkpoint_weights(path, state)  # FSDP's shards joined, as trainer export does
 
 
 def assert_same_run(one, two, steps):
@@ -137,3 +138,29 @@ def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: checkpoint {tmp_path / 'run' / 'checkpoints' / 'step_00000002.pt'} was written by 2 processes, "
         "this run has 1: resume with the same number (each rank's data position and RNG are in it)"]
+
+
+def test_fsdp_checkpoints_are_shards_and_resume_exactly(tmp_path):
+    """FSDP writes torch.distributed.checkpoint shards beside a small .pt file; stop at 5, resume to 10."""
+    fsdp = ["data.batch_size=4", "trainer.nproc_per_node=2", "strategy=fsdp", "trainer.eval_every=10",
+            "checkpoint.keep_last=1"]
+    train(tmp_path / "ref", *fsdp, "trainer.max_steps=10")
+    train(tmp_path / "run", *fsdp, "trainer.max_steps=5")
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000005.pt", "step_00000005.shards"]
+    assert len(list((ckpt / "step_00000005.shards").glob("*.distcp"))) == 2  # one file per rank
+    train(tmp_path / "run", *fsdp, "trainer.max_steps=10", "checkpoint.resume=auto")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000010.pt", "step_00000010.shards"]  # keep_last
+    ref, run = read_scalars(tmp_path / "ref")["train/loss"], read_scalars(tmp_path / "run")["train/loss"]
+    resumed = {s: v for s, v in run if s > 5}
+    for step, value in ref[5:]:
+        assert abs(resumed[step] - value) < 1e-6, (step, resumed[step], value)
+    # trainer export joins the shards into one safetensors file: the resumed run's weights, equal
+    # to the uninterrupted run's
+    done = run_cli("export", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    from safetensors.torch import load_file
+    exported, ref_weights = load_file(str(tmp_path / "run" / "export" / "model.safetensors")), weights(tmp_path / "ref")
+    assert exported.keys() == ref_weights.keys() and exported["net.tok.weight"].shape == (16, 32)
+    for name, w in ref_weights.items():
+        torch.testing.assert_close(exported[name], w, rtol=0, atol=1e-6, msg=name)

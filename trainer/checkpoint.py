@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ def path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}.pt"
 
 
+def shards_path(directory: Path, step: int) -> Path:
+    """Where FSDP's sharded weights and optimizer state for a step go (torch.distributed.checkpoint)."""
+    return directory / f"step_{step:08d}.shards"
+
+
 def save(directory: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Write state as directory/step_<step>.pt atomically, then keep only the newest keep_last."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -53,9 +59,14 @@ def save(directory: Path, step: int, state: dict[str, Any], keep_last: int) -> P
     _fsync_dir(directory)
     for old in checkpoints(directory)[:-keep_last]:
         old.unlink(missing_ok=True)
+    for shards in directory.glob("step_*.shards"):  # those whose checkpoint file is gone
+        if not shards.with_suffix(".pt").exists():
+            shutil.rmtree(shards, ignore_errors=True)
     # One writer per directory: any other temporary file is what a killed run left behind.
     for stale in directory.glob(".step_*.pt.tmp-*"):
         stale.unlink(missing_ok=True)
+    for stale in directory.glob(".step_*.shards.tmp"):  # this step's shards are renamed by now
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

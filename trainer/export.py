@@ -13,6 +13,20 @@ from trainer import checkpoint
 from trainer.config import ConfigError
 
 
+def checkpoint_weights(path: Path, state: dict) -> dict:
+    """The checkpoint's weights; an FSDP checkpoint's shards are joined with DCP's own converter."""
+    if not state.get("shards"):
+        return state["model"]
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path.parent / state["shards"], Path(tmp) / "full.pt")
+        return torch.load(Path(tmp) / "full.pt", weights_only=True)["model"]
+
+
 def export(run_dir: Path, out: Path | None = None) -> Path:
     """Write out/model.safetensors and out/config.json (out defaults to RUN_DIR/export); return out."""
     cfg_file = run_dir / "config.yaml"
@@ -25,7 +39,7 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     path, state = found
     out = out or run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.contiguous() for k, v in state["model"].items()}
+    weights = {k: v.contiguous() for k, v in checkpoint_weights(path, state).items()}
     save_file(weights, str(out / "model.safetensors"), metadata={"step": str(state["step"])})
     model_cfg = {**state["config"]["model"], "step": state["step"], "checkpoint": str(path)}
     (out / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +33,42 @@ def _sharded(run: Run) -> bool:
     return run.cfg.strategy.kind.name == "fsdp"
 
 
-def _weights_and_optimizer(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Plain state dicts; under FSDP, the full (unsharded) ones, gathered to rank 0's CPU."""
-    if _sharded(run):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+def save_shards(run: Run, ckpt_dir: Path, step: int) -> str:
+    """FSDP: every rank writes its own shards of the weights and optimizer state with
+    torch.distributed.checkpoint into a temporary dir, which rank 0 renames once all are done.
 
-        return get_state_dict(_unwrap(run.model), run.optimizer,
-                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return _unwrap(run.model).state_dict(), run.optimizer.state_dict()
+    Returns the dir's name, recorded in the step's .pt file; that file is written after it, so a
+    checkpoint file always points at complete shards.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model, optimizer = get_state_dict(_unwrap(run.model), run.optimizer)
+    final = checkpoint.shards_path(ckpt_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    main = distributed.world().main
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=str(tmp))  # files fsynced by DCP
+    distributed.barrier()
+    if main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    distributed.barrier()
+    return final.name
 
 
-def _load_weights_and_optimizer(run: Run, model: dict[str, Any], optimizer: dict[str, Any]) -> None:
-    if _sharded(run):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+def _load_shards(run: Run, directory: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        set_state_dict(_unwrap(run.model), run.optimizer, model_state_dict=model, optim_state_dict=optimizer,
-                       options=StateDictOptions(full_state_dict=True))
-        return
-    _unwrap(run.model).load_state_dict(model)
-    run.optimizer.load_state_dict(optimizer)
+    model, optimizer = get_state_dict(_unwrap(run.model), run.optimizer)
+    state = {"model": model, "optimizer": optimizer}
+    dcp.load(state, checkpoint_id=str(directory))  # in place, each rank reading its own shards
+    set_state_dict(_unwrap(run.model), run.optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
 
 
 def _rng_state() -> dict[str, Any]:
@@ -60,16 +79,18 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
-def capture(run: Run, step: int, meter: Meter, eval_losses: list[float], guard: SpikeGuard | None) -> dict[str, Any]:
+def capture(run: Run, step: int, meter: Meter, eval_losses: list[float], guard: SpikeGuard | None,
+            shards: str | None = None) -> dict[str, Any]:
     """Everything needed to continue exactly after `step`: weights, optimizer, schedule, scaler, data, RNGs.
 
-    Called on every rank (it gathers each rank's RNG state; under FSDP, the shards); rank 0 saves it.
+    Called on every rank (it gathers each rank's RNG state); rank 0 saves it. Under FSDP the
+    weights and optimizer state are in the `shards` dir beside it (save_shards), not in it.
     """
-    weights, optimizer = _weights_and_optimizer(run)
     return {
         "step": step,
-        "model": weights,
-        "optimizer": optimizer,
+        "model": None if shards else _unwrap(run.model).state_dict(),
+        "optimizer": None if shards else run.optimizer.state_dict(),
+        "shards": shards,
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.precision.scaler.state_dict() if run.precision.scaler else {},
         "clip": run.clip.state_dict() if hasattr(run.clip, "state_dict") else {},
@@ -105,7 +126,14 @@ def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: Sp
         raise ConfigError(f"checkpoint {path} was written by {len(state['rng'])} processes, this run has {world.size}: "
                           "resume with the same number (each rank's data position and RNG are in it)")
     try:
-        _load_weights_and_optimizer(run, state["model"], state["optimizer"])
+        if state.get("shards"):
+            _load_shards(run, path.parent / state["shards"])
+        elif _sharded(run) and world.size > 1:
+            raise ConfigError(f"checkpoint {path} holds whole weights, not FSDP shards; resume with the "
+                              "strategy it was written with")
+        else:
+            _unwrap(run.model).load_state_dict(state["model"])
+            run.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"checkpoint {path} does not fit this model/optimizer: {str(e).splitlines()[0]}") from None
     run.scheduler.load_state_dict(state["scheduler"])
