@@ -130,6 +130,42 @@ def test_killing_one_worker_ends_the_job_promptly(tmp_path):
     assert "was killed by signal 9" in err, err[-2000:]
 
 
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path):
+    """The launcher passes SIGTERM on; the ranks agree on a step, write one checkpoint, say so once."""
+    run_dir = tmp_path / "run"
+    args = [*BASE, "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.log_every=5", "model.dropout=0.1",
+            f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "train", *args, "trainer.max_steps=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.time() + 90
+        while not list(run_dir.glob("events.out.tfevents.*")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    said = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and "stopped by SIGTERM after step" in said[0], said
+    stopped_at = int(said[0].split("after step ")[1].split(";")[0])
+    assert stopped_at % 5 == 0  # the ranks agree at a log step
+    assert (run_dir / "checkpoints" / f"step_{stopped_at:08d}.pt").exists()
+
+    end = stopped_at + 5
+    resumed = run_cli("train", *args, f"trainer.max_steps={end}", "checkpoint.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {stopped_at}" in resumed.stdout
+    assert [s for s, _ in read_scalars(run_dir)["train/loss"]][-1] == end
+
+
 def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
     train(tmp_path / "run", "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=2")
     done = run_cli("train", *BASE, "data.batch_size=4", "trainer.max_steps=4", "checkpoint.resume=auto",

@@ -76,7 +76,8 @@ def train(cfg: DictConfig) -> float:
     try:
         summary = train_loop(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
     except (Preempted, Diverged) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if world.main:  # every rank stops at the same step for the same reason: say it once
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except ConfigError as e:  # a checkpoint that does not fit, found while resuming
         _fail(e)

@@ -124,6 +124,7 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 def launch(nproc: int, args: list[str]) -> None:
     """Run `trainer train ARGS` in nproc workers on this node through torch's elastic launcher,
     exactly as `torchrun --standalone --nproc-per-node=N -m trainer train ARGS` would."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -134,6 +135,10 @@ def launch(nproc: int, args: list[str]) -> None:
          "--module", "trainer", "train", *args])
     try:
         run(parsed)
+    except SignalException as e:
+        # The launcher passed the stop signal on and waited for the workers: they have written
+        # their checkpoint and rank 0 has said where. Exit as they did, without the launcher's traceback.
+        sys.exit(128 + int(e.sigval))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         how = (f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0
