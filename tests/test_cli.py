@@ -61,6 +61,10 @@ BAD_INPUTS = [
     (["strategy=zero3"], "strategy=zero3"),
     (["strategy=fsdp", "amp=fp16"], "strategy=fsdp"),
     (["trainer.nproc_per_node=0"], "trainer.nproc_per_node"),
+    (["model=bert", "task=classification", "data=jsonl", "data.train_file=/no/such.jsonl", "data.label_field=label"],
+     "data.train_file=/no/such.jsonl: no such file"),
+    # checked by the launcher before it starts any worker: one line, not one per rank
+    (["trainer.nproc_per_node=2", "clip.max_norm=0"], "clip.max_norm"),
 ]
 
 

@@ -166,6 +166,16 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path):
     assert [s for s, _ in read_scalars(run_dir)["train/loss"]][-1] == end
 
 
+def test_bad_input_found_by_the_workers_is_their_line_and_exit_2(tmp_path):
+    """Found only when the workers build the data: each rank names the file, no traceback, exit 2."""
+    done = run_cli("train", "trainer.nproc_per_node=2", "model=bert", "task=classification", "data=jsonl",
+                   "data.train_file=/no/such.jsonl", "data.label_field=label", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert sorted(said) == [f"error (rank {r}): data.train_file=/no/such.jsonl: no such file" for r in (0, 1)], said
+
+
 def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
     train(tmp_path / "run", "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=2")
     done = run_cli("train", *BASE, "data.batch_size=4", "trainer.max_steps=4", "checkpoint.resume=auto",

@@ -93,12 +93,21 @@ def loaders(data: Any, cfg: DictConfig, device: torch.device,
     return train, evaluate
 
 
-def build(cfg: DictConfig) -> Run:
-    """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input."""
+def preflight(cfg: DictConfig) -> None:
+    """The checks that need neither data nor a model: a pretrained folder's config.json, every
+    key's range, the device. The launcher runs them before it starts workers, so that bad input
+    is one line, not one per rank."""
     pretrained = cfg.model.get("pretrained")
     if pretrained:  # its config.json fixes the architecture, recorded in config.yaml and checkpoints
         cfg.model.update(hf_pretrained.architecture(pretrained))
     validate(cfg)
+    resolve_device(cfg.trainer.device.name)
+
+
+def build(cfg: DictConfig) -> Run:
+    """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input."""
+    preflight(cfg)
+    pretrained = cfg.model.get("pretrained")
     world = distributed.world()
     device = resolve_device(cfg.trainer.device.name, world.local_rank)
     seed = cfg.trainer.seed

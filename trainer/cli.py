@@ -49,7 +49,7 @@ Set HYDRA_FULL_ERROR=1 to see full tracebacks for errors.
 def train(cfg: DictConfig) -> float:
     """Hydra's task: build the run from cfg, train, and return the final eval loss (for sweepers)."""
     # Imported here so that `trainer --help` and config errors stay fast.
-    from trainer.build import build
+    from trainer.build import build, preflight
     from trainer.display import Display
     from trainer.loop import train as train_loop
     from trainer.guard import Diverged
@@ -59,8 +59,18 @@ def train(cfg: DictConfig) -> float:
     if cfg.trainer.nproc_per_node > 1 and not distributed.is_worker():
         # This process only launches: the workers train, into this same run dir.
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+        try:
+            preflight(cfg)
+        except Exception as e:
+            _fail(e)
         print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
-        distributed.launch(cfg.trainer.nproc_per_node, [*overrides, f"hydra.run.dir={run_dir}"])
+        # The workers inherit this environment: they must see the user's HYDRA_FULL_ERROR, not
+        # the one _hydra set for this process's own Hydra.
+        os.environ["HYDRA_FULL_ERROR"] = "1" if _FULL_ERROR else "0"
+        try:
+            distributed.launch(cfg.trainer.nproc_per_node, [*overrides, f"hydra.run.dir={run_dir}"])
+        finally:
+            os.environ["HYDRA_FULL_ERROR"] = "1"
         return None
     world = distributed.world()
     try:

@@ -141,6 +141,8 @@ def launch(nproc: int, args: list[str]) -> None:
         sys.exit(128 + int(e.sigval))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
+        if failure.exitcode == 2:  # bad input: the worker has said what, in one line
+            sys.exit(2)
         how = (f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0
                else f"exited with code {failure.exitcode}")
         print(f"error: worker rank {rank} {how}; the job was stopped (its own error, if any, is above)",

@@ -21,10 +21,11 @@ from trainer.data import tokenizer as wordpiece
 from trainer.data import tokens
 
 
-def read_records(path: Path, fields: list[str]) -> list[dict[str, Any]]:
-    """Records of a .jsonl (one JSON object per line) or .csv (with a header) file, each with fields."""
+def read_records(path: Path, fields: list[str], key: str) -> list[dict[str, Any]]:
+    """Records of a .jsonl (one JSON object per line) or .csv (with a header) file, each with fields;
+    key is the config key that named the file, for the error messages."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        raise ConfigError(f"{key}={path}: no such file")
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".csv":
         rows = list(enumerate(csv.DictReader(text.splitlines()), 2))
@@ -41,7 +42,7 @@ def read_records(path: Path, fields: list[str]) -> list[dict[str, Any]]:
             if not isinstance(row, dict) or row.get(field) in (None, ""):
                 raise ConfigError(f"{path}:{n}: no '{field}' field")
     if not rows:
-        raise ConfigError(f"{path}: no records")
+        raise ConfigError(f"{key}={path}: no records")
     return [row for _, row in rows]
 
 
@@ -83,9 +84,9 @@ class LabelledText:
                  label_field: str | None, tokenizer: str | None, seq_len: int, val_fraction: float,
                  seed: int = 0, **_loader_keys):
         fields = [f for f in (text_field, text_pair_field, label_field) if f]
-        train = read_records(Path(train_file), fields)
+        train = read_records(Path(train_file), fields, "data.train_file")
         if eval_file:
-            held_out = read_records(Path(eval_file), fields)
+            held_out = read_records(Path(eval_file), fields, "data.eval_file")
         else:
             # A seeded shuffle before the split: labelled files are often sorted by label.
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
