@@ -5,6 +5,7 @@ take, step for step, the same loss, pre-clip norm and update as one process with
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -159,11 +160,25 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path):
     assert stopped_at % 5 == 0  # the ranks agree at a log step
     assert (run_dir / "checkpoints" / f"step_{stopped_at:08d}.pt").exists()
 
+    # the printed resume command, as a shell would split it
+    resume = shlex.split(said[0].split("run the same command with ")[1])
+    assert resume == ["checkpoint.resume=auto", f'hydra.run.dir="{run_dir}"'], resume
     end = stopped_at + 5
-    resumed = run_cli("train", *args, f"trainer.max_steps={end}", "checkpoint.resume=auto")
+    resumed = run_cli("train", *args[:-1], f"trainer.max_steps={end}", *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {stopped_at}" in resumed.stdout
     assert [s for s, _ in read_scalars(run_dir)["train/loss"]][-1] == end
+
+
+def test_a_sweep_of_two_process_jobs_gives_one_run_dir_per_job(tmp_path):
+    """Each job's dir is named by its override (0_clip.max_norm=0.5): the workers must parse it back."""
+    base = [a for a in BASE if not a.startswith("clip.max_norm=")]
+    done = run_cli("train", "-m", *base, "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=3",
+                   "clip.max_norm=0.5,1", f"hydra.sweep.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in ("0_clip.max_norm=0.5", "1_clip.max_norm=1"):
+        assert len(list((tmp_path / job).glob("events.out.tfevents.*"))) == 1, job
+        assert [s for s, _ in read_scalars(tmp_path / job)["train/loss"]] == [1, 2, 3]
 
 
 def test_bad_input_found_by_the_workers_is_their_line_and_exit_2(tmp_path):

@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> float:
         # the one _hydra set for this process's own Hydra.
         os.environ["HYDRA_FULL_ERROR"] = "1" if _FULL_ERROR else "0"
         try:
-            distributed.launch(cfg.trainer.nproc_per_node, [*overrides, f"hydra.run.dir={run_dir}"])
+            distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
         finally:
             os.environ["HYDRA_FULL_ERROR"] = "1"
         return None

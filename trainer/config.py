@@ -348,6 +348,12 @@ def started(at: datetime.datetime | None = None) -> datetime.datetime:
     return _started[0]
 
 
+def run_dir_override(run_dir: Path | str) -> str:
+    """hydra.run.dir=PATH as an override that parses back to PATH: quoted, because a sweep job's
+    dir is named by its overrides (0_clip.max_norm=0.5), and '=' or ',' would not parse bare."""
+    return 'hydra.run.dir="' + str(run_dir).replace('"', '\\"') + '"'
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """The config `trainer train OVERRIDES` would run with (Hydra's compose API; no run dir, no job)."""
     register()

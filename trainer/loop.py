@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shlex
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from trainer import checkpoint, distributed
 from trainer.build import Run
+from trainer.config import run_dir_override
 from trainer.display import Display
 from trainer.guard import Diverged, SpikeGuard
 from trainer.layers import LayerProbe
@@ -260,7 +262,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                     path = save(step)
                     raise Preempted(stop.signum, (
                         f"stopped by {stop.name} after step {step}; checkpoint: {path}; to resume, run the same "
-                        f"command with checkpoint.resume=auto hydra.run.dir={run_dir}"))
+                        f"command with checkpoint.resume=auto {shlex.quote(run_dir_override(run_dir))}"))
                 if step == t.max_steps or (c.every and step % c.every == 0):
                     save(step)
         finite = [x for x in eval_losses if math.isfinite(x)]
