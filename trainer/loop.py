@@ -68,11 +68,20 @@ def classification_metrics(confusion: torch.Tensor) -> dict[str, float]:
             "eval/f1": float(f1[1] if len(f1) == 2 else f1.mean())}
 
 
-def _count(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(samples, tokens) in a batch, from shapes only: no device access."""
-    first = next(iter(batch.values()))
-    ids = batch.get("input_ids")
-    return len(first), (ids.numel() if ids is not None else len(first))
+def next_micro_batches(run: Run, n: int, positions: list[tuple[int, int]] | None
+                       ) -> tuple[list[dict[str, torch.Tensor]], int, int]:
+    """One step's n micro-batches, still on the host, and their samples and tokens (from shapes
+    only: no device access); with `positions`, each batch's place in the data, for the guard."""
+    micro, samples, tokens = [], 0, 0
+    for _ in range(n):
+        batch = next(run.train_batches)
+        micro.append(batch)
+        if positions is not None:
+            positions.append(run.train_batches.last)
+        ids = batch.get("input_ids")
+        size = len(next(iter(batch.values())))
+        samples, tokens = samples + size, tokens + (ids.numel() if ids is not None else size)
+    return micro, samples, tokens
 
 
 def _rollback(run: Run, ckpt_dir: Path, meter: Meter, guard: SpikeGuard, bad: list[int],
@@ -134,8 +143,44 @@ def write_hparams(writer: SummaryWriter, hparams: dict[str, object], summary: di
     metrics = {tag: float(summary[key]) for tag, key in HPARAM_METRICS.items()}
     for s in hparams_summaries(hparams, metrics):
         writer.file_writer.add_summary(s)
-    for tag, value in metrics.items():
-        writer.add_scalar(tag, value, step)
+    write_scalars(writer, metrics, step)
+
+
+def write_scalars(writer: SummaryWriter | None, metrics: dict[str, float], step: int) -> None:
+    """Each metric as a TensorBoard scalar at step; on ranks other than 0 (no writer), nothing."""
+    if writer:
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value, step)
+
+
+def open_writer(run: Run, run_dir: Path, start_step: int) -> SummaryWriter:
+    """The run's TensorBoard writer, with the config as text; config.yaml beside it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
+    # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint.
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
+    writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
+    return writer
+
+
+def policy_metrics(run: Run, lr: float, guard: SpikeGuard | None, probe: LayerProbe | None) -> dict[str, float]:
+    """What a log interval records besides the meter's means: LR, loss scale, the guard, per-layer norms."""
+    m = {"train/lr": lr, "train/loss_scale": run.precision.loss_scale()}
+    if guard:
+        m["train/rollbacks"] = guard.rollbacks
+    if probe:
+        m.update(probe.read())
+    return m
+
+
+def eval_summary(eval_losses: list[float], last_eval: dict[str, float]) -> dict[str, float]:
+    """The summary's eval lines: final and best loss, and the last eval's other metrics."""
+    finite = [x for x in eval_losses if math.isfinite(x)]
+    return {
+        "final eval loss": eval_losses[-1] if eval_losses else float("nan"),
+        "best eval loss": min(finite) if finite else float("nan"),
+        **{f"final {tag.replace('/', ' ')}": value for tag, value in last_eval.items() if tag != "eval/loss"},
+    }
 
 
 def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] | None = None) -> dict[str, object]:
@@ -160,13 +205,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
         start_step, eval_losses = state["step"], state["eval_losses"]
         display.print(f"resumed from {path} at step {start_step}")
 
-    writer = None
-    if world.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
-        # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint.
-        writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
-        writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
+    writer = open_writer(run, run_dir, start_step) if world.main else None
     per_step_schedule = not isinstance(run.scheduler, ReduceLROnPlateau)
 
     def save(step: int) -> Path:
@@ -192,13 +231,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
         with StopRequest() as stop:
             while step < t.max_steps:
                 step += 1
-                micro = []
-                for _ in range(t.grad_accum):
-                    micro.append(next(run.train_batches))
-                    if guard:
-                        positions.setdefault(step, []).append(run.train_batches.last)
-                counts = [_count(b) for b in micro]
-                samples, tokens = sum(c[0] for c in counts), sum(c[1] for c in counts)
+                where = positions.setdefault(step, []) if guard else None
+                micro, samples, tokens = next_micro_batches(run, t.grad_accum, where)
                 log_step = step % t.log_every == 0 or step == t.max_steps
                 result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro),
                                     t.grad_accum, run.precision, run.clip, run.params, probe if log_step else None)
@@ -224,18 +258,11 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                         continue
                     positions.clear()
                     clipped_total = m.pop("clipped_total")
-                    m["train/lr"] = lr
-                    m["train/loss_scale"] = run.precision.loss_scale()
-                    if guard:
-                        m["train/rollbacks"] = guard.rollbacks
+                    m.update(policy_metrics(run, lr, guard, probe))
                     if controller:
                         steer(run, first, per_step["norm"], display)
                         m["clip/max_norm"], m["clip/lr_scale"] = run.clip.max_norm, controller.lr_scale
-                    if probe:
-                        m.update(probe.read())
-                    for tag, value in m.items():
-                        if writer:
-                            writer.add_scalar(tag, value, step)
+                    write_scalars(writer, m, step)
                     display.log(step, m, m["train/loss_scale"], lr)
                     speeds.append(m["perf/tokens_per_sec"])
                     if m["train/loss_scale"] < run.precision.min_scale:
@@ -246,9 +273,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                     metrics = last_eval = evaluate(run)
                     loss = metrics["eval/loss"]
                     eval_losses.append(loss)
-                    if writer:
-                        for tag, value in metrics.items():
-                            writer.add_scalar(tag, value, step)
+                    write_scalars(writer, metrics, step)
                     display.eval(step, metrics)
                     if not per_step_schedule:
                         run.scheduler.step(loss)
@@ -265,11 +290,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                         f"command with checkpoint.resume=auto {shlex.quote(run_dir_override(run_dir))}"))
                 if step == t.max_steps or (c.every and step % c.every == 0):
                     save(step)
-        finite = [x for x in eval_losses if math.isfinite(x)]
         summary = {
-            "final eval loss": eval_losses[-1] if eval_losses else float("nan"),
-            "best eval loss": min(finite) if finite else float("nan"),
-            **{f"final {tag.replace('/', ' ')}": value for tag, value in last_eval.items() if tag != "eval/loss"},
+            **eval_summary(eval_losses, last_eval),
             "final train loss": m.get("train/loss", float("nan")),
             "clip fraction": clipped_total / t.max_steps,
             "skipped steps": int(m.get("train/skipped_steps", 0)),
