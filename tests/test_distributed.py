@@ -60,7 +60,7 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accu
     events = sorted(p.name for p in (tmp_path / "two").rglob("events.out.tfevents.*"))
     assert len(events) == 1, events
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        ".hydra", "checkpoints", "config.yaml", events[0], "train.log"]
+        ".hydra", "checkpoints", "config.yaml", events[0], "summary.json", "train.log"]
 
 
 def test_torchrun_ranks_agree_on_one_timestamped_run_dir(tmp_path):
@@ -170,15 +170,23 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path):
     assert [s for s, _ in read_scalars(run_dir)["train/loss"]][-1] == end
 
 
-def test_a_sweep_of_two_process_jobs_gives_one_run_dir_per_job(tmp_path):
-    """Each job's dir is named by its override (0_clip.max_norm=0.5): the workers must parse it back."""
+def test_an_optuna_search_of_two_process_jobs(tmp_path):
+    """Each job's dir is named by its override (0_clip.max_norm=...): the workers must parse it
+    back; and the launcher must hand the sweeper rank 0's final eval loss."""
     base = [a for a in BASE if not a.startswith("clip.max_norm=")]
-    done = run_cli("train", "-m", *base, "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=3",
-                   "clip.max_norm=0.5,1", f"hydra.sweep.dir={tmp_path}")
+    done = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "clip.max_norm=interval(0.1,5)",
+                   *base, "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=3",
+                   f"hydra.sweep.dir={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
-    for job in ("0_clip.max_norm=0.5", "1_clip.max_norm=1"):
-        assert len(list((tmp_path / job).glob("events.out.tfevents.*"))) == 1, job
-        assert [s for s, _ in read_scalars(tmp_path / job)["train/loss"]] == [1, 2, 3]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [j.name.split("_", 1)[1].startswith("clip.max_norm=") for j in jobs] == [True, True], jobs
+    finals = []
+    for job in jobs:
+        assert len(list(job.glob("events.out.tfevents.*"))) == 1, job
+        assert [s for s, _ in read_scalars(job)["train/loss"]] == [1, 2, 3]
+        finals.append(read_scalars(job)["eval/loss"][-1][1])  # from the events, not summary.json
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert float(best.split("best_value:")[1].split()[0]) == pytest.approx(min(finals), rel=1e-6)
 
 
 def test_bad_input_found_by_the_workers_is_their_line_and_exit_2(tmp_path):

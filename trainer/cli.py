@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import os
 import re
 import sys
@@ -71,7 +72,8 @@ def train(cfg: DictConfig) -> float:
             distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
         finally:
             os.environ["HYDRA_FULL_ERROR"] = "1"
-        return None
+        # A sweeper (Optuna) minimises what the task returns: rank 0's result, from its summary.
+        return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
     world = distributed.world()
     try:
         run = build(cfg)
@@ -91,6 +93,8 @@ def train(cfg: DictConfig) -> float:
         sys.exit(e.exit_code)
     except ConfigError as e:  # a checkpoint that does not fit, found while resuming
         _fail(e)
+    if world.main:  # for scripts, and for the launcher to hand a sweeper the objective
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     display.finish(summary, run_dir)
     return summary["final eval loss"]
 
