@@ -68,14 +68,28 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """Every BAD_INPUTS case as its own `trainer train` process, three at a time: each is mostly
+    Python start-up, and one after another they would cost the suite a minute more."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(case):
+        run_dir = tmp_path_factory.mktemp("bad")
+        return run_dir, run_cli("train", *case[0], f"hydra.run.dir={run_dir}")
+
+    with ThreadPoolExecutor(3) as pool:
+        return dict(zip((" ".join(o) for o, _ in BAD_INPUTS), pool.map(one, BAD_INPUTS)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides,key", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_naming_the_key(tmp_path, overrides, key):
+def test_bad_input_is_one_line_naming_the_key(bad_input_runs, overrides, key):
     if overrides == ["trainer.device=cuda"]:
         import torch
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU, so trainer.device=cuda is valid here")
-    out = run_cli("train", *overrides, f"hydra.run.dir={tmp_path}")
+    tmp_path, out = bad_input_runs[" ".join(overrides)]
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, out.stderr

@@ -76,27 +76,6 @@ def test_torchrun_ranks_agree_on_one_timestamped_run_dir(tmp_path):
     assert len(list(run_dirs[0].glob("events.out.tfevents.*"))) == 1
 
 
-def test_fsdp_logs_the_unsharded_norm_and_clips_alike(tmp_path):
-    steps = 4
-    common = [f"trainer.max_steps={steps}", f"trainer.eval_every={steps}"]
-    train(tmp_path / "one", *common, "data.batch_size=8")
-    train(tmp_path / "fsdp", *common, "data.batch_size=4", "trainer.nproc_per_node=2", "strategy=fsdp")
-    assert_same_run(tmp_path / "one", tmp_path / "fsdp", steps)
-
-
-def test_resume_of_a_two_process_run_continues_exactly(tmp_path):
-    """Stop at step 5, resume to 10; dropout on, so each rank's own RNG state must come back."""
-    two = ["data.batch_size=4", "trainer.nproc_per_node=2", "model.dropout=0.1", "trainer.eval_every=10"]
-    train(tmp_path / "ref", *two, "trainer.max_steps=10")
-    train(tmp_path / "run", *two, "trainer.max_steps=5")
-    train(tmp_path / "run", *two, "trainer.max_steps=10", "checkpoint.resume=auto")
-    ref, run = read_scalars(tmp_path / "ref")["train/loss"], read_scalars(tmp_path / "run")["train/loss"]
-    resumed = {s: v for s, v in run if s > 5}
-    assert sorted(resumed) == list(range(6, 11))
-    for step, value in ref[5:]:
-        assert abs(resumed[step] - value) < 1e-6, (step, resumed[step], value)
-
-
 def _children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -131,8 +110,10 @@ def test_killing_one_worker_ends_the_job_promptly(tmp_path):
     assert "was killed by signal 9" in err, err[-2000:]
 
 
-def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path):
-    """The launcher passes SIGTERM on; the ranks agree on a step, write one checkpoint, say so once."""
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes_exactly(tmp_path):
+    """The launcher passes SIGTERM on; the ranks agree on a step, write one checkpoint, say so once;
+    resuming continues exactly (dropout on, so each rank's own RNG state must come back), and only
+    with as many processes."""
     run_dir = tmp_path / "run"
     args = [*BASE, "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.log_every=5", "model.dropout=0.1",
             f"hydra.run.dir={run_dir}"]
@@ -142,11 +123,11 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         deadline = time.time() + 90
-        while not list(run_dir.glob("events.out.tfevents.*")):
+        log = run_dir / "train.log"
+        while not (log.exists() and "step 5/" in log.read_text()):  # training, signal handlers set
             assert proc.poll() is None, proc.communicate()
             assert time.time() < deadline, "training did not start"
-            time.sleep(0.1)
-        time.sleep(1.0)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -163,11 +144,22 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes(tmp_path):
     # the printed resume command, as a shell would split it
     resume = shlex.split(said[0].split("run the same command with ")[1])
     assert resume == ["checkpoint.resume=auto", f'hydra.run.dir="{run_dir}"'], resume
-    end = stopped_at + 5
+    end = stopped_at + 10
+    one = run_cli("train", *[a for a in args[:-1] if "nproc" not in a], f"trainer.max_steps={end}", *resume)
+    assert one.returncode == 2
+    assert one.stderr.strip().splitlines() == [
+        f"error: checkpoint {run_dir / 'checkpoints' / f'step_{stopped_at:08d}.pt'} was written by 2 processes, "
+        "this run has 1: resume with the same number (each rank's data position and RNG are in it)"]
     resumed = run_cli("train", *args[:-1], f"trainer.max_steps={end}", *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {stopped_at}" in resumed.stdout
-    assert [s for s, _ in read_scalars(run_dir)["train/loss"]][-1] == end
+
+    train(tmp_path / "ref", *args[:-1], f"trainer.max_steps={end}")  # uninterrupted
+    ref, run = read_scalars(tmp_path / "ref")["train/loss"], read_scalars(run_dir)["train/loss"]
+    after = [(s, v) for s, v in run if s > stopped_at]
+    assert [s for s, _ in after] == [s for s, _ in ref if s > stopped_at] == [stopped_at + 5, end]
+    for (step, got), (_, want) in zip(after, [(s, v) for s, v in ref if s > stopped_at]):
+        assert abs(got - want) < 1e-6, (step, got, want)
 
 
 def test_an_optuna_search_of_two_process_jobs(tmp_path):
@@ -199,21 +191,14 @@ def test_bad_input_found_by_the_workers_is_their_line_and_exit_2(tmp_path):
     assert sorted(said) == [f"error (rank {r}): data.train_file=/no/such.jsonl: no such file" for r in (0, 1)], said
 
 
-def test_a_checkpoint_resumes_only_with_as_many_processes(tmp_path):
-    train(tmp_path / "run", "data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=2")
-    done = run_cli("train", *BASE, "data.batch_size=4", "trainer.max_steps=4", "checkpoint.resume=auto",
-                   f"hydra.run.dir={tmp_path / 'run'}")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        f"error: checkpoint {tmp_path / 'run' / 'checkpoints' / 'step_00000002.pt'} was written by 2 processes, "
-        "this run has 1: resume with the same number (each rank's data position and RNG are in it)"]
-
-
-def test_fsdp_checkpoints_are_shards_and_resume_exactly(tmp_path):
-    """FSDP writes torch.distributed.checkpoint shards beside a small .pt file; stop at 5, resume to 10."""
+def test_fsdp_equals_one_process_and_checkpoints_shards_that_resume_exactly(tmp_path):
+    """FSDP2 logs the unsharded norm and clips alike (against one process with the whole batch);
+    it writes torch.distributed.checkpoint shards beside a small .pt file; stop at 5, resume to 10."""
     fsdp = ["data.batch_size=4", "trainer.nproc_per_node=2", "strategy=fsdp", "trainer.eval_every=10",
             "checkpoint.keep_last=1"]
     train(tmp_path / "ref", *fsdp, "trainer.max_steps=10")
+    train(tmp_path / "one", "data.batch_size=8", "trainer.eval_every=10", "trainer.max_steps=10")
+    assert_same_run(tmp_path / "one", tmp_path / "ref", 10)
     train(tmp_path / "run", *fsdp, "trainer.max_steps=5")
     ckpt = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000005.pt", "step_00000005.shards"]
