@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -29,6 +30,13 @@ def train(run_dir, *args):
     done = run_cli("train", *BASE, *args, f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def train_together(*runs):
+    """train(run_dir, *args) for each (run_dir, *args), side by side: the runs are independent, and
+    one process and two share the 2 cores better than they take turns."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda run: train(*run), runs))
 
 
 def weights(run_dir):
@@ -53,8 +61,8 @@ def assert_same_run(one, two, steps):
 def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accum):
     steps = 6
     common = ["trainer.max_steps=6", "trainer.eval_every=6", f"trainer.grad_accum={accum}"]
-    train(tmp_path / "one", *common, "data.batch_size=8")
-    train(tmp_path / "two", *common, "data.batch_size=4", "trainer.nproc_per_node=2")
+    train_together((tmp_path / "one", *common, "data.batch_size=8"),
+                   (tmp_path / "two", *common, "data.batch_size=4", "trainer.nproc_per_node=2"))
     assert_same_run(tmp_path / "one", tmp_path / "two", steps)
     # One run, one dir: a single events file, a single checkpoints dir, nothing per rank.
     events = sorted(p.name for p in (tmp_path / "two").rglob("events.out.tfevents.*"))
@@ -196,8 +204,8 @@ def test_fsdp_equals_one_process_and_checkpoints_shards_that_resume_exactly(tmp_
     it writes torch.distributed.checkpoint shards beside a small .pt file; stop at 5, resume to 10."""
     fsdp = ["data.batch_size=4", "trainer.nproc_per_node=2", "strategy=fsdp", "trainer.eval_every=10",
             "checkpoint.keep_last=1"]
-    train(tmp_path / "ref", *fsdp, "trainer.max_steps=10")
-    train(tmp_path / "one", "data.batch_size=8", "trainer.eval_every=10", "trainer.max_steps=10")
+    train_together((tmp_path / "ref", *fsdp, "trainer.max_steps=10"),
+                   (tmp_path / "one", "data.batch_size=8", "trainer.eval_every=10", "trainer.max_steps=10"))
     assert_same_run(tmp_path / "one", tmp_path / "ref", 10)
     train(tmp_path / "run", *fsdp, "trainer.max_steps=5")
     ckpt = tmp_path / "run" / "checkpoints"
