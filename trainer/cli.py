@@ -16,7 +16,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from trainer import config, distributed
+from trainer import config, ranks
 from trainer.config import CONF_DIR, ConfigError
 
 
@@ -50,6 +50,7 @@ Set HYDRA_FULL_ERROR=1 to see full tracebacks for errors.
 def train(cfg: DictConfig) -> float:
     """Hydra's task: build the run from cfg, train, and return the final eval loss (for sweepers)."""
     # Imported here so that `trainer --help` and config errors stay fast.
+    from trainer import distributed
     from trainer.build import build, preflight
     from trainer.display import Display
     from trainer.loop import train as train_loop
@@ -57,7 +58,7 @@ def train(cfg: DictConfig) -> float:
     from trainer.preemption import Preempted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.trainer.nproc_per_node > 1 and not distributed.is_worker():
+    if cfg.trainer.nproc_per_node > 1 and not ranks.is_worker():
         # This process only launches: the workers train, into this same run dir.
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
         try:
@@ -74,7 +75,7 @@ def train(cfg: DictConfig) -> float:
             os.environ["HYDRA_FULL_ERROR"] = "1"
         # A sweeper (Optuna) minimises what the task returns: rank 0's result, from its summary.
         return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
-    world = distributed.world()
+    world = ranks.world()
     try:
         run = build(cfg)
     except Exception as e:
@@ -153,7 +154,7 @@ def _fail(e: BaseException) -> None:
     msg = None if _FULL_ERROR else one_line(e)
     if msg is None:
         raise e
-    world = distributed.world()
+    world = ranks.world()
     print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {msg}", file=sys.stderr)
     sys.exit(2)
 
@@ -198,9 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     config.register()
     if command == "train":
-        if distributed.is_worker():
+        worker = ranks.is_worker()
+        if worker:
             # Started by torchrun: join the group, and take rank 0's clock for the run dir's name.
             import logging
+
+            from trainer import distributed
 
             world = distributed.init()
             config.started(distributed.shared_start_time())
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                 logging.getLogger("trainer").setLevel(logging.WARNING)
         try:
             _hydra(train, rest)
-            distributed.finish()
+            if worker:
+                distributed.finish()
         except KeyboardInterrupt:  # the second Ctrl-C: the first one asked for a clean stop
             print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before",
                   file=sys.stderr)
