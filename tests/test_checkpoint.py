@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY, make_config, read_scalars, run_cli
-from trainer import checkpoint, loop
+from trainer import checkpoint, export, loop
 from trainer.build import build
 from trainer.config import ConfigError
 from trainer.display import Display
@@ -183,3 +183,59 @@ def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkey
     if clip == "controller":
         assert per_step(run, "clip/lr_scale") == per_step(ref, "clip/lr_scale")
         assert per_step(ref, "clip/lr_scale")[12] < 0.1
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that loading ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("where", ["absolute", "beside"])
+def test_a_checkpoint_pointing_at_crafted_shards_never_runs_code(tmp_path, where):
+    """A plain-data step_N.pt whose shards entry leads to a .metadata that would create a marker
+    when unpickled: resume=auto, resume=PATH and export all refuse it in one line; no marker."""
+    marker = tmp_path / "ran-code"
+    run_dir, ck = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    train(build(make_config(*TINY, "trainer.max_steps=2")), run_dir, Display(2, quiet=True))
+    state = checkpoint.load(ck / "step_00000002.pt")
+    crafted = tmp_path / "elsewhere" / "step_00000002.shards" if where == "absolute" else ck / "step_00000002.shards"
+    crafted.mkdir(parents=True)
+    (crafted / ".metadata").write_bytes(pickle.dumps(_Marker(marker)))
+    state.update(model=None, optimizer=None, shards=str(crafted) if where == "absolute" else crafted.name)
+    state["config"]["strategy"]["kind"] = "fsdp"  # as an FSDP run would have written it
+    torch.save(state, ck / "step_00000002.pt")  # plain data: weights_only loading accepts it
+
+    for resume in ("auto", str(ck / "step_00000002.pt")):
+        cfg = make_config(*TINY, "trainer.max_steps=4", f"checkpoint.resume={resume}")
+        with pytest.raises(ConfigError, match="shards") as e:
+            train(build(cfg), run_dir, Display(4, quiet=True))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="refused") as e:
+        export.export(run_dir)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_shards_are_read_as_data_only(tmp_path):
+    """DCP's own reader would unpickle a non-tensor item with weights_only=False; ours refuses it,
+    and reads a real checkpoint's weights back equal to what was saved."""
+    import torch.distributed.checkpoint as dcp
+
+    from trainer import shards
+
+    weights = {"w": torch.randn(3, 4), "b": torch.randn(4)}
+    dcp.save({"model": weights, "optimizer": {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.95)}]}},
+             checkpoint_id=str(tmp_path / "good"), no_dist=True)
+    joined = shards.join_weights(tmp_path / "good")
+    assert joined.keys() == weights.keys() and all(torch.equal(joined[k], weights[k]) for k in weights)
+
+    marker = tmp_path / "ran-code"
+    dcp.save({"model": weights, "extra": _Marker(marker)}, checkpoint_id=str(tmp_path / "bad"), no_dist=True)
+    with pytest.raises(ConfigError, match="refused"):
+        shards.join_weights(tmp_path / "bad")
+    assert not marker.exists()

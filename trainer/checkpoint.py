@@ -24,6 +24,7 @@ from trainer.config import ConfigError
 
 log = logging.getLogger("trainer")
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
+_SHARDS_NAME = re.compile(r"^step_\d{8}\.shards$")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -41,6 +42,21 @@ def path(directory: Path, step: int) -> Path:
 def shards_path(directory: Path, step: int) -> Path:
     """Where FSDP's sharded weights and optimizer state for a step go (torch.distributed.checkpoint)."""
     return directory / f"step_{step:08d}.shards"
+
+
+def shards_dir(ckpt: Path, state: dict[str, Any]) -> Path | None:
+    """The FSDP shards dir checkpoint file ckpt points at, or None. Anything but a step_N.shards
+    directory beside it is refused: its reader would be handed a path the file chose."""
+    name = state.get("shards")
+    if not name:
+        return None
+    directory = ckpt.parent / name if isinstance(name, str) and _SHARDS_NAME.match(name) else None
+    if directory is None or directory.is_symlink():
+        raise ConfigError(f"checkpoint {ckpt}: refused, its shards entry {name!r} is not a step_N.shards "
+                          "directory beside it")
+    if not directory.is_dir():
+        raise ConfigError(f"checkpoint {ckpt}: its shards directory {directory} is missing")
+    return directory
 
 
 def save(directory: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:

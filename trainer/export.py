@@ -14,17 +14,15 @@ from trainer.config import ConfigError
 
 
 def checkpoint_weights(path: Path, state: dict) -> dict:
-    """The checkpoint's weights; an FSDP checkpoint's shards are joined with DCP's own converter."""
-    if not state.get("shards"):
+    """The checkpoint's weights; an FSDP checkpoint's shards are joined (read without running code)."""
+    shards_dir = checkpoint.shards_dir(path, state)
+    if shards_dir is None:
         return state["model"]
-    import tempfile
+    if (state.get("config") or {}).get("strategy", {}).get("kind") != "fsdp":
+        raise ConfigError(f"checkpoint {path}: refused, it points at FSDP shards but was not written by an FSDP run")
+    from trainer import shards
 
-    import torch
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(path.parent / state["shards"], Path(tmp) / "full.pt")
-        return torch.load(Path(tmp) / "full.pt", weights_only=True)["model"]
+    return shards.join_weights(shards_dir)
 
 
 def export(run_dir: Path, out: Path | None = None) -> Path:

@@ -23,7 +23,7 @@ from trainer.guard import Diverged, SpikeGuard
 from trainer.layers import LayerProbe
 from trainer.metrics import Meter
 from trainer.preemption import Preempted, StopRequest
-from trainer.state import capture, find_resume, restore, save_shards
+from trainer.state import capture, find_resume, restore, save_shards, sharded
 from trainer.step import train_step
 
 
@@ -190,7 +190,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     """
     t, c, g = run.cfg.trainer, run.cfg.checkpoint, run.cfg.guard
     world = distributed.world()  # rank 0 alone writes events, config.yaml and checkpoints
-    sharded = world.size > 1 and run.cfg.strategy.kind.name == "fsdp"
+    shard = sharded(run)
     ckpt_dir = Path(c.dir) if c.dir else run_dir / "checkpoints"
     meter = Meter(run.device, t.log_every)
     guard = SpikeGuard(g.window, g.threshold, g.nonfinite_steps, g.max_rollbacks) if g.spike else None
@@ -209,7 +209,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     per_step_schedule = not isinstance(run.scheduler, ReduceLROnPlateau)
 
     def save(step: int) -> Path:
-        shards = save_shards(run, ckpt_dir, step) if sharded else None
+        shards = save_shards(run, ckpt_dir, step) if shard else None
         state = capture(run, step, meter, eval_losses, guard, shards)  # on every rank: it gathers their RNGs
         path = checkpoint.save(ckpt_dir, step, state, c.keep_last) if world.main else checkpoint.path(ckpt_dir, step)
         distributed.barrier()  # no rank reads it (a rollback, a resume) before it is complete

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +27,16 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _sharded(run: Run) -> bool:
-    return run.cfg.strategy.kind.name == "fsdp"
+def sharded(run: Run) -> bool:
+    """Does this run write and read FSDP shards? strategy=fsdp with more than one process."""
+    return distributed.world().size > 1 and run.cfg.strategy.kind.name == "fsdp"
 
 
 def save_shards(run: Run, ckpt_dir: Path, step: int) -> str:
-    """FSDP: every rank writes its own shards of the weights and optimizer state with
-    torch.distributed.checkpoint into a temporary dir, which rank 0 renames once all are done.
+    """Every rank's shards of the weights and optimizer state (trainer/shards.py); returns the dir's name."""
+    from trainer import shards
 
-    Returns the dir's name, recorded in the step's .pt file; that file is written after it, so a
-    checkpoint file always points at complete shards.
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    model, optimizer = get_state_dict(_unwrap(run.model), run.optimizer)
-    final = checkpoint.shards_path(ckpt_dir, step)
-    tmp = final.with_name(f".{final.name}.tmp")
-    main = distributed.world().main
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    distributed.barrier()
-    dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=str(tmp))  # files fsynced by DCP
-    distributed.barrier()
-    if main:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    distributed.barrier()
-    return final.name
-
-
-def _load_shards(run: Run, directory: Path) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    model, optimizer = get_state_dict(_unwrap(run.model), run.optimizer)
-    state = {"model": model, "optimizer": optimizer}
-    dcp.load(state, checkpoint_id=str(directory))  # in place, each rank reading its own shards
-    set_state_dict(_unwrap(run.model), run.optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optimizer"])
+    return shards.save(_unwrap(run.model), run.optimizer, ckpt_dir, step)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -111,6 +79,13 @@ def _section(container: dict, dotted: str) -> Any:
 
 def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: SpikeGuard | None) -> None:
     """Load a checkpoint into run; a config it does not fit is a ConfigError naming the key."""
+    shards_dir = checkpoint.shards_dir(path, state)
+    if shards_dir and not sharded(run):  # checked before anything reads the shards
+        raise ConfigError(f"checkpoint {path} points at FSDP shards, but this run is not sharded; resume with "
+                          "strategy=fsdp and the number of processes it was written with")
+    if sharded(run) and not shards_dir:
+        raise ConfigError(f"checkpoint {path} holds whole weights, not FSDP shards; resume with the "
+                          "strategy it was written with")
     current = OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True)
     for dotted in _MUST_MATCH:
         saved, now = _section(state["config"], dotted), _section(current, dotted)
@@ -126,14 +101,15 @@ def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: Sp
         raise ConfigError(f"checkpoint {path} was written by {len(state['rng'])} processes, this run has {world.size}: "
                           "resume with the same number (each rank's data position and RNG are in it)")
     try:
-        if state.get("shards"):
-            _load_shards(run, path.parent / state["shards"])
-        elif _sharded(run) and world.size > 1:
-            raise ConfigError(f"checkpoint {path} holds whole weights, not FSDP shards; resume with the "
-                              "strategy it was written with")
+        if shards_dir:
+            from trainer import shards
+
+            shards.load(_unwrap(run.model), run.optimizer, shards_dir)
         else:
             _unwrap(run.model).load_state_dict(state["model"])
             run.optimizer.load_state_dict(state["optimizer"])
+    except ConfigError:
+        raise
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"checkpoint {path} does not fit this model/optimizer: {str(e).splitlines()[0]}") from None
     run.scheduler.load_state_dict(state["scheduler"])
