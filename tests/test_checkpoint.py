@@ -1,5 +1,6 @@
 """Nothing lost: atomic checkpoints, exact resume after kill -9 and SIGTERM, safe loading."""
 
+import json
 import os
 import pickle
 import random
@@ -239,3 +240,16 @@ def test_shards_are_read_as_data_only(tmp_path):
     with pytest.raises(ConfigError, match="refused"):
         shards.join_weights(tmp_path / "bad")
     assert not marker.exists()
+
+
+def test_a_checkpoint_written_by_release_0_1_0_resumes_exactly(tmp_path):
+    """tests/fixtures/checkpoint-0.1.0: written by 0.1.0 (fp16 scaler, clip controller, spike guard,
+    dropout RNG); resuming it gives the per-step values 0.1.0 itself gave (make.py there)."""
+    fixture = ROOT / "tests" / "fixtures" / "checkpoint-0.1.0"
+    expected = json.loads((fixture / "expected.json").read_text())
+    cfg = make_config(*expected["overrides"], "trainer.max_steps=6", f"checkpoint.dir={tmp_path / 'ck'}",
+                      f"checkpoint.resume={fixture / 'step_00000003.pt'}")
+    train(build(cfg), tmp_path, Display(6, quiet=True))
+    got = read_scalars(tmp_path)
+    for tag, values in expected["after_resume"].items():
+        assert {str(s): v for s, v in got[tag]} == pytest.approx(values, rel=1e-6), tag
