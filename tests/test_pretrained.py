@@ -12,7 +12,8 @@ from tests.conftest import make_config, run_cli
 from tests.hf_folder import labelled_jsonl, tiny_bert
 from trainer.build import build
 from trainer.display import Display
-from trainer.loop import classification_metrics, train
+from trainer.evaluate import classification_metrics
+from trainer.loop import train
 
 transformers = pytest.importorskip("transformers")
 

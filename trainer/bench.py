@@ -27,7 +27,8 @@ import torch
 from trainer.build import Run, build
 from trainer.config import compose_config
 from trainer.display import Display
-from trainer.loop import to_device, train
+from trainer.loop import train
+from trainer.step import to_device
 
 # Dense bf16/fp16 tensor-core peak (FLOP/s) by device name, from the vendors' data sheets (SXM parts).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -40,7 +41,7 @@ def raw_loop(run: Run, steps: int) -> None:
     It always clips by norm (clip.max_norm, else 1.0), so with another clip policy the ratio is
     that policy's cost over plain norm clipping.
     """
-    model, opt, sched, accum = run.model, run.optimizer, run.scheduler, run.cfg.trainer.grad_accum
+    model, opt, sched, accum = run.model, run.optimizer, run.schedule.scheduler, run.cfg.trainer.grad_accum
     scaler = run.precision.scaler
     max_norm = run.cfg.clip.get("max_norm") or 1.0
     log_every = run.cfg.trainer.log_every

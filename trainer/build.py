@@ -25,6 +25,7 @@ from trainer.data.stream import BatchStream, EpochSampler
 from trainer.data.tokens import MASK_ID
 from trainer.models import pretrained as hf_pretrained
 from trainer.precision import Precision
+from trainer.schedule import Schedule
 
 
 @dataclass
@@ -36,13 +37,19 @@ class Run:
     model: nn.Module  # what the step calls (compiled if trainer.compile)
     params: list[torch.Tensor]
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    schedule: Schedule  # after_step() / after_eval(loss), whatever the torch scheduler
     precision: Precision
     clip: Callable[[list[torch.Tensor]], ClipResult]
     data: Any
     train_batches: BatchStream  # endless; its position is checkpointed
     eval_loader: DataLoader
     notes: list[str] = field(default_factory=list)  # what the user should know before training
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside torch.compile's and DDP's wrappers (whose names prefix every key)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -145,11 +152,11 @@ def build(cfg: DictConfig) -> Run:
         torch.manual_seed(seed + world.rank)  # dropout and masking differ from rank to rank
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _build("optim", cfg.optim, params=param_groups(model, cfg.optim.get("weight_decay", 0.0)))
-    scheduler = _build("sched", cfg.sched, optimizer=optimizer, max_steps=cfg.trainer.max_steps)
+    schedule = Schedule(_build("sched", cfg.sched, optimizer=optimizer, max_steps=cfg.trainer.max_steps))
     clip = _build("clip", cfg.clip)
     if hasattr(clip, "bind"):  # AGC resolves its exclude patterns against parameter names
-        clip.bind(getattr(model, "module", model))  # DDP's wrapper would prefix every name
+        clip.bind(unwrap(model))
     if cfg.trainer.compile:
         model = torch.compile(model)
-    return Run(cfg, device, model, params, optimizer, scheduler, precision, clip, data, train_batches, eval_loader,
+    return Run(cfg, device, model, params, optimizer, schedule, precision, clip, data, train_batches, eval_loader,
                notes)

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from trainer.clipping import NormClip
+    from trainer.schedule import Schedule
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,3 +69,21 @@ class Controller:
         self.recent.extend(state["recent"])
         self.steps, self.high, self.quiet, self.lr_scale = (state["steps"], state["high"], state["quiet"],
                                                             state["lr_scale"])
+
+
+def steer(clip: "NormClip", schedule: "Schedule", first_step: int, norms: list[float], note: Callable[[str], None]) -> None:
+    """Feed clip's controller one interval's per-step norms and apply what it decides."""
+    controller = clip.controller
+    for step, norm in enumerate(norms, first_step):
+        decision = controller.observe(step, norm, clip.max_norm)
+        if decision is None:
+            continue
+        kind, value = decision
+        if kind == "lr":
+            schedule.scale(value)
+            note(f"clip controller, step {step}: norm above 0.9 x max_norm for {controller.patience} steps, "
+                 f"lr x {value:g} (lr scale now {controller.lr_scale:g})")
+        else:
+            note(f"clip controller, step {step}: nothing clipped for {controller.relax_after} steps, "
+                 f"max_norm {clip.max_norm:.4g} -> {value:.4g} (p{controller.q:g} of recent norms)")
+            clip.max_norm = value

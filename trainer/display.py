@@ -84,7 +84,7 @@ class Display:
             self.print(line)
 
     def note(self, msg: str) -> None:
-        """A one-line event (a rollback, a controller decision): on the terminal and in train.log."""
+        """A one-line event (an eval, a rollback, a controller decision): on the terminal and in train.log."""
         log.info(msg)
         if self.progress:
             self.progress.console.print(msg)
@@ -92,12 +92,7 @@ class Display:
             self.print(msg)
 
     def eval(self, step: int, metrics: dict[str, float]) -> None:
-        msg = f"step {step}/{self.max_steps}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        log.info(msg)
-        if self.progress:
-            self.progress.console.print(msg)
-        else:
-            self.print(msg)
+        self.note(f"step {step}/{self.max_steps}  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def close(self) -> None:
         """Stop the progress bar (idempotent), so later output is not drawn over."""

@@ -13,6 +13,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.checkpointer import Checkpointer
+    from trainer.data.stream import BatchStream
+    from trainer.display import Display
+    from trainer.logger import Logger
 
 
 class Diverged(Exception):
@@ -28,6 +35,43 @@ class SpikeGuard:
         self.max_rollbacks = max_rollbacks
         self.history: deque[float] = deque(maxlen=window)
         self.rollbacks = 0
+        self.positions: dict[int, list[tuple[int, int]]] = {}  # this interval's batch positions, by step
+
+    @classmethod
+    def from_config(cls, g: Any) -> "SpikeGuard | None":
+        """The guard the `guard` group asks for; None when guard.spike is off."""
+        return cls(g.window, g.threshold, g.nonfinite_steps, g.max_rollbacks) if g.spike else None
+
+    def record(self, step: int, position: tuple[int, int]) -> None:
+        """A batch handed out for step: if the step turns out bad, it is never handed out again."""
+        self.positions.setdefault(step, []).append(position)
+
+    def check(self, last_step: int, losses: list[float]) -> dict[int, float]:
+        """The bad steps of the interval ending at last_step (given its per-step losses), with their
+        losses; empty if none."""
+        first = last_step - len(losses) + 1
+        bad = self.bad_steps(list(range(first, last_step + 1)), losses)
+        if not bad:
+            self.positions.clear()
+        return {s: losses[s - first] for s in bad}
+
+    def roll_back(self, bad: dict[int, float], checkpointer: "Checkpointer", batches: "BatchStream",
+                  logger: "Logger", display: "Display") -> int:
+        """Restore the newest checkpoint (always from before the bad steps), never hand out the bad
+        steps' batches again, and return the step training goes on from."""
+        first = min(bad)
+        if self.rollbacks >= self.max_rollbacks:
+            raise Diverged(f"loss spike at step {first} after {self.rollbacks} rollbacks (guard.max_rollbacks): "
+                           "training has diverged; lower optim.lr or clip harder")
+        skip = batches.skip | {p for s in bad for p in self.positions[s]}
+        rollbacks = self.rollbacks + 1
+        step = checkpointer.restore_latest()  # restores this guard too
+        batches.skip, self.rollbacks = skip, rollbacks
+        self.positions.clear()
+        logger.restarted_at(step)
+        display.note(f"loss {bad[first]:.4g} at step {first}: rolled back to step {step}, skipping "
+                     f"its batches (rollback {self.rollbacks}/{self.max_rollbacks})")
+        return step
 
     def bad_steps(self, steps: list[int], losses: list[float]) -> list[int]:
         """The steps to undo among these (empty if none); good losses join the history."""

@@ -25,7 +25,7 @@ def probe(overrides: list[str], steps: int) -> tuple[list[float], dict[str, floa
     from trainer.build import build
     from trainer.config import compose_config
     from trainer.layers import LayerProbe
-    from trainer.loop import to_device
+    from trainer.step import to_device
     from trainer.step import train_step
 
     run = build(compose_config([*overrides, f"trainer.max_steps={steps}"]))

@@ -15,10 +15,11 @@ from torch.nn.utils import get_total_norm
 
 class LayerProbe:
     def __init__(self, model: nn.Module):
+        """model: the user's own (build.unwrap), so module names carry no wrapper's prefix."""
         groups: dict[str, list[torch.Tensor]] = defaultdict(list)
         for name, p in model.named_parameters():
             if p.requires_grad:
-                module = name.removeprefix("_orig_mod.").rpartition(".")[0] or name
+                module = name.rpartition(".")[0] or name
                 groups[module].append(p)
         self.names = list(groups)
         self.groups = list(groups.values())

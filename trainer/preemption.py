@@ -24,8 +24,11 @@ class StopRequest:
     """While entered, records the first stop signal instead of dying on it."""
 
     def __init__(self) -> None:
+        from trainer.ranks import world
+
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self.processes = world().size
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
@@ -40,6 +43,17 @@ class StopRequest:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+    def requested(self, log_step: bool) -> bool:
+        """Must every rank stop after this step? With more than one process, ranks agree on a signal
+        any of them got at log steps only (one tiny collective there), never with one on every step."""
+        if self.processes > 1:
+            if not log_step:
+                return False
+            from trainer import distributed
+
+            self.signum = distributed.agreed_signal(self.signum)
+        return self.signum is not None
 
     @property
     def name(self) -> str:

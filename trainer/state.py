@@ -1,30 +1,51 @@
-"""What a checkpoint holds, and putting it back: the run's complete state after a step."""
+"""What a checkpoint holds: the run's stateful components, one registry, captured and restored by iterating it.
+
+Each component has ``state_dict``/``load_state_dict`` and is stored under its key. A checkpoint
+also holds the step, the resolved config and, under FSDP, the name of the shards dir that holds
+the weights and optimizer state instead (trainer/shards.py). The keys are those 0.1.0 wrote, so
+its checkpoints resume as they are (tests/fixtures/checkpoint-0.1.0).
+"""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from omegaconf import OmegaConf
 
 from trainer import checkpoint, distributed
-from trainer.build import Run
+from trainer.build import Run, unwrap
 from trainer.config import ConfigError
-from trainer.display import Display
-from trainer.guard import SpikeGuard
-from trainer.metrics import Meter
 
 # Config sections a checkpoint must agree with: the model's shape and the optimizer's and
 # scaler's state layout. Others (lr, max_steps, logging) may change on resume.
 _MUST_MATCH = ("model", "optim._target_", "amp._target_")
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The user's model inside torch.compile's and DDP's wrappers (their names prefix every key)."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+@runtime_checkable
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class RNG:
+    """Every rank's Python, torch and CUDA generators: state_dict gathers all ranks' (call it on
+    every rank), load_state_dict takes this rank's."""
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        mine = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        return distributed.all_gather_object(mine)
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        rng = states[distributed.world().rank]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def sharded(run: Run) -> bool:
@@ -32,43 +53,22 @@ def sharded(run: Run) -> bool:
     return distributed.world().size > 1 and run.cfg.strategy.kind.name == "fsdp"
 
 
-def save_shards(run: Run, ckpt_dir: Path, step: int) -> str:
-    """Every rank's shards of the weights and optimizer state (trainer/shards.py); returns the dir's name."""
-    from trainer import shards
-
-    return shards.save(_unwrap(run.model), run.optimizer, ckpt_dir, step)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+def components(run: Run, **loop_state: object) -> dict[str, Stateful]:
+    """Every stateful part of a run by its checkpoint key: the built parts, then the loop's own
+    (meter, guard, eval history). A part without state (no scaler, a stateless clip policy, no
+    guard) is left out. A new stateful policy needs no line here; a new kind of part, one."""
+    parts: dict[str, object] = {} if sharded(run) else {"model": unwrap(run.model), "optimizer": run.optimizer}
+    parts.update(scheduler=run.schedule, scaler=run.precision.scaler, clip=run.clip, data=run.train_batches,
+                 rng=RNG(), **loop_state)
+    return {name: part for name, part in parts.items() if isinstance(part, Stateful)}
 
 
-def capture(run: Run, step: int, meter: Meter, eval_losses: list[float], guard: SpikeGuard | None,
-            shards: str | None = None) -> dict[str, Any]:
-    """Everything needed to continue exactly after `step`: weights, optimizer, schedule, scaler, data, RNGs.
-
-    Called on every rank (it gathers each rank's RNG state); rank 0 saves it. Under FSDP the
-    weights and optimizer state are in the `shards` dir beside it (save_shards), not in it.
-    """
-    return {
-        "step": step,
-        "model": None if shards else _unwrap(run.model).state_dict(),
-        "optimizer": None if shards else run.optimizer.state_dict(),
-        "shards": shards,
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.precision.scaler.state_dict() if run.precision.scaler else {},
-        "clip": run.clip.state_dict() if hasattr(run.clip, "state_dict") else {},
-        "data": run.train_batches.state_dict(),
-        "rng": distributed.all_gather_object(_rng_state()),  # one per rank
-        "meter": meter.state_dict(),
-        "eval_losses": list(eval_losses),
-        "guard": guard.state_dict() if guard else {},
-        "config": OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
-    }
+def capture(parts: dict[str, Stateful], step: int, cfg: Any, shards: str | None = None) -> dict[str, Any]:
+    """Everything needed to continue exactly after `step`. Called on every rank (RNG gathers each
+    rank's state); rank 0 saves it."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    return {"step": step, "shards": shards, **state,
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
 
 
 def _section(container: dict, dotted: str) -> Any:
@@ -77,10 +77,11 @@ def _section(container: dict, dotted: str) -> Any:
     return container
 
 
-def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: SpikeGuard | None) -> None:
-    """Load a checkpoint into run; a config it does not fit is a ConfigError naming the key."""
+def _check_fits(run: Run, state: dict[str, Any], path: Path) -> Path | None:
+    """Refuse, naming the key, a checkpoint this run cannot continue; return its shards dir, if any.
+    Runs before anything is loaded: shards are followed only by a sharded run."""
     shards_dir = checkpoint.shards_dir(path, state)
-    if shards_dir and not sharded(run):  # checked before anything reads the shards
+    if shards_dir and not sharded(run):
         raise ConfigError(f"checkpoint {path} points at FSDP shards, but this run is not sharded; resume with "
                           "strategy=fsdp and the number of processes it was written with")
     if sharded(run) and not shards_dir:
@@ -100,43 +101,27 @@ def restore(run: Run, state: dict[str, Any], path: Path, meter: Meter, guard: Sp
     if len(state["rng"]) != world.size:
         raise ConfigError(f"checkpoint {path} was written by {len(state['rng'])} processes, this run has {world.size}: "
                           "resume with the same number (each rank's data position and RNG are in it)")
-    try:
-        if shards_dir:
-            from trainer import shards
-
-            shards.load(_unwrap(run.model), run.optimizer, shards_dir)
-        else:
-            _unwrap(run.model).load_state_dict(state["model"])
-            run.optimizer.load_state_dict(state["optimizer"])
-    except ConfigError:
-        raise
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ConfigError(f"checkpoint {path} does not fit this model/optimizer: {str(e).splitlines()[0]}") from None
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.precision.scaler:
-        run.precision.scaler.load_state_dict(state["scaler"])
-    if hasattr(run.clip, "load_state_dict"):
-        run.clip.load_state_dict(state["clip"])
-    run.train_batches.load_state_dict(state["data"])
-    rng = state["rng"][world.rank]
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    meter.load_state_dict(state["meter"])
-    if guard and state["guard"]:
-        guard.load_state_dict(state["guard"])
+    return shards_dir
 
 
-def find_resume(run: Run, ckpt_dir: Path, display: Display) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint checkpoint.resume asks for: none, the newest loadable in ckpt_dir (auto), or a path."""
-    resume = run.cfg.checkpoint.resume
-    if resume == "none":
-        return None
-    if resume == "auto":
-        found = checkpoint.latest(ckpt_dir)
-        if found is None:
-            display.print(f"checkpoint.resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
-        return found
-    path = Path(resume)
-    return path, checkpoint.load(path)
+def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint into every part; one that does not fit is a ConfigError naming the file and part.
+
+    An empty entry ({}: the part had no state when it was written, e.g. no guard then) leaves the part fresh.
+    """
+    shards_dir = _check_fits(run, state, path)
+    if shards_dir:
+        from trainer import shards
+
+        shards.load(unwrap(run.model), run.optimizer, shards_dir)
+    for name, part in parts.items():
+        if name not in state:
+            raise ConfigError(f"checkpoint {path}: no '{name}' in it; it was not written by trainer")
+        if isinstance(state[name], dict) and not state[name]:
+            continue
+        try:
+            part.load_state_dict(state[name])
+        except ConfigError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"checkpoint {path}: its {name} does not fit this run: {str(e).splitlines()[0]}") from None

@@ -27,6 +27,11 @@ class StepResult(NamedTuple):
     finite: torch.Tensor  # bool: False means the update was skipped
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's tensors on the device, copied without waiting (from pinned memory on CUDA)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def _sync_gradients(model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
     """Under DDP, all-reduce gradients only on the last micro-batch of a step."""
     if last or not hasattr(model, "no_sync"):

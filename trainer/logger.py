@@ -1,0 +1,87 @@
+"""TensorBoard for one run: when to log, what a log step records, and the final HParams.
+
+Rank 0 alone writes, into the run dir itself (one run per directory, which TensorBoard's run
+list, `trainer report` and the HPARAMS tab all rely on); other ranks hold no writer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+from trainer.build import Run
+from trainer.guard import SpikeGuard
+from trainer.layers import LayerProbe
+
+# The final metrics each run records for TensorBoard's HPARAMS tab and `trainer report`.
+HPARAM_METRICS = {
+    "hparams/final_eval_loss": "final eval loss",
+    "hparams/best_eval_loss": "best eval loss",
+    "hparams/clip_fraction": "clip fraction",
+    "hparams/skipped_steps": "skipped steps",
+    "hparams/tokens_per_sec": "mean tokens/s",
+}
+
+
+class Logger:
+    def __init__(self, run: Run, run_dir: Path, start_step: int, main: bool):
+        self.every, self.max_steps = run.cfg.trainer.log_every, run.cfg.trainer.max_steps
+        self.writer: SummaryWriter | None = None
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
+            # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint.
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
+            self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
+
+    def should_log(self, step: int) -> bool:
+        """Log steps: every trainer.log_every steps, and the last step."""
+        return step % self.every == 0 or step == self.max_steps
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Each metric as a TensorBoard scalar at step (nothing on ranks other than 0)."""
+        if self.writer:
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def restarted_at(self, step: int) -> None:
+        """Tell TensorBoard the steps after `step` are being redone (a rollback): it drops the old ones."""
+        if self.writer:
+            self.writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+
+    def hparams(self, hparams: dict[str, object], summary: dict[str, object], step: int) -> None:
+        """The run's settings and final metrics for the HPARAMS tab, in the run's own directory.
+
+        SummaryWriter.add_hparams would start a separate run in a subdirectory; writing the plugin's
+        summaries through this writer keeps one run per directory.
+        """
+        if not self.writer:
+            return
+        metrics = {tag: float(summary[key]) for tag, key in HPARAM_METRICS.items()}
+        for s in hparams_summaries(hparams, metrics):
+            self.writer.file_writer.add_summary(s)
+        self.log(step, metrics)
+
+    def flush(self) -> None:
+        if self.writer:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def policy_metrics(run: Run, lr: float, guard: SpikeGuard | None, probe: LayerProbe | None) -> dict[str, float]:
+    """What a log interval records besides the meter's means: LR, loss scale, the guard, per-layer norms."""
+    m = {"train/lr": lr, "train/loss_scale": run.precision.loss_scale()}
+    if guard:
+        m["train/rollbacks"] = guard.rollbacks
+    if probe:
+        m.update(probe.read())
+    if getattr(run.clip, "controller", None):
+        m["clip/max_norm"], m["clip/lr_scale"] = run.clip.max_norm, run.clip.controller.lr_scale
+    return m
