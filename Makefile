@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # gigabytes of CUDA wheels onto CPU machines.
 TORCH  := torch==2.13.0
 
-.PHONY: install train test bench clean
+.PHONY: install train test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ install: $(VENV)/.installed
 train: install
 	$(BIN)/trainer train $(ARGS)
 
+# Every tier (CI runs this). test-fast: the unit tier alone, under a minute.
 test: install
 	$(BIN)/pytest -q $(ARGS)
+
+test-fast: install
+	$(BIN)/pytest -q -m unit $(ARGS)
 
 # trainer's loop against a hand-written loop, and clipping's cost: the default GPT with bf16 autocast
 # and norm clipping, at a batch (4 x 64 tokens) that takes under two minutes on 2 CPU cores.

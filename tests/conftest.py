@@ -7,16 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import pytest
 
 from trainer.config import compose_config
+from trainer.report import read_scalars  # noqa: F401  (TensorBoard's own reader, for every test)
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
-    "data=synthetic", "data.vocab_size=16", "data.seq_len=16", "data.batch_size=8", "data.num_samples=256",
-    "data.eval_samples=32",
-]
+TINY = ["+debug=tiny"]  # conf/debug/tiny.yaml: a 1-layer x 32 GPT on synthetic data
 
 
 def make_config(*overrides: str):
@@ -32,10 +29,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
                           cwd=cwd or ROOT, env=full_env, timeout=600)
 
 
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in run_dir's event files, read with TensorBoard's own reader."""
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+
+
+TIERS = ("unit", "integration", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to exactly one tier (pyproject.toml's markers), so that `make test-fast`
+    (the unit tier) and the others stay what they say."""
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: mark it with exactly one tier of {TIERS} (has {sorted(tiers)})")

@@ -63,6 +63,7 @@ def zclip_reference(norms, alpha, z_thresh, warmup):
     return expected
 
 
+@pytest.mark.unit
 def test_zclip_matches_the_paper_step_by_step():
     got = run_policy(ZClip(alpha=0.97, z_thresh=2.5, warmup_steps=25), NORMS)
     expected = zclip_reference(NORMS, 0.97, 2.5, 25)
@@ -71,6 +72,7 @@ def test_zclip_matches_the_paper_step_by_step():
     assert math.hypot(*got[30]) < 2.0  # the spike was clipped hard
 
 
+@pytest.mark.unit
 def test_autoclip_is_the_percentile_of_the_history():
     history = 8
     got = run_policy(AutoClip(percentile=25.0, history=history), NORMS)
@@ -84,6 +86,7 @@ def test_autoclip_is_the_percentile_of_the_history():
         assert got[step] == pytest.approx(scaled(n, threshold), rel=1e-6, abs=1e-9), step
 
 
+@pytest.mark.unit
 def test_agc_clips_each_unit_against_its_weight_norm():
     torch.manual_seed(0)
     layer = torch.nn.Linear(4, 3)
@@ -109,6 +112,7 @@ def test_agc_clips_each_unit_against_its_weight_norm():
     assert result.clipped.item()
 
 
+@pytest.mark.unit
 def test_agc_exclude_leaves_matching_parameters_alone():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     for p in model.parameters():
@@ -120,6 +124,7 @@ def test_agc_exclude_leaves_matching_parameters_alone():
     assert torch.all(model[0].weight.grad < 1.0)
 
 
+@pytest.mark.unit
 def test_controller_decisions_on_a_scripted_sequence():
     c = Controller(patience=3, lr_factor=0.5, relax_after=4, percentile=50.0, warmup_steps=2)
     max_norm = 1.0
@@ -139,6 +144,7 @@ def test_controller_decisions_on_a_scripted_sequence():
     assert c.observe(11, math.nan, max_norm) is None  # a skipped step changes nothing
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("policy", ["zclip", "autoclip"])
 def test_injected_explosion_stays_finite_and_is_clipped_at_that_step(tmp_path, monkeypatch, policy):
     monkeypatch.setattr(tests.poison.ExplodingLM, "EXPLODE_AT", 40)

@@ -1,3 +1,4 @@
+import pytest
 """The benchmark compares like with like. It measures nothing here: speed is measured by
 `trainer bench` itself, never by a timed test."""
 
@@ -8,6 +9,8 @@ from trainer import bench
 from trainer.build import build
 from trainer.display import Display
 from trainer.loop import train
+
+pytestmark = pytest.mark.integration
 
 
 def test_raw_loop_does_the_same_work_as_trainer(tmp_path):

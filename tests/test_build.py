@@ -1,12 +1,14 @@
 """Every config group option composes, builds and trains, and each key lands where it should."""
 
 import math
+import re
 
 import pytest
 import torch
 
 from tests.conftest import TINY, make_config
-from trainer.build import build, param_groups
+from trainer.build import build, check_capabilities, param_groups
+from trainer.config import ConfigError
 from trainer.display import Display
 from trainer.loop import train
 from trainer.schedule import cosine
@@ -15,6 +17,7 @@ OPTIONS = ["model=bert", "optim=sgd", "sched=constant", "sched=plateau", "amp=bf
            "clip=none", "clip.norm_type=inf", "trainer.grad_accum=2"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("option", OPTIONS)
 def test_each_option_trains(tmp_path, option):
     cfg = make_config(*TINY, option, "trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_every=2",
@@ -23,6 +26,7 @@ def test_each_option_trains(tmp_path, option):
     assert math.isfinite(summary["final eval loss"]) and summary["skipped steps"] == 0
 
 
+@pytest.mark.integration
 def test_plateau_lowers_lr_when_eval_loss_stalls(tmp_path):
     # lr so small the eval loss cannot improve by the 10% threshold: after patience=0 evals, lr must drop by factor each eval.
     cfg = make_config(*TINY, "sched=plateau", "sched.patience=0", "sched.factor=0.5", "optim.lr=1e-4",
@@ -32,6 +36,7 @@ def test_plateau_lowers_lr_when_eval_loss_stalls(tmp_path):
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5 ** 2)
 
 
+@pytest.mark.unit
 def test_cosine_warms_up_then_decays_to_min_ratio():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = cosine(opt, max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
@@ -45,6 +50,7 @@ def test_cosine_warms_up_then_decays_to_min_ratio():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
+@pytest.mark.integration
 def test_weight_decay_skips_biases_and_norms():
     run = build(make_config(*TINY))
     decay, no_decay = param_groups(run.model, 0.1)
@@ -53,6 +59,29 @@ def test_weight_decay_skips_biases_and_norms():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(run.model.parameters()))
 
 
+@pytest.mark.integration
 def test_model_vocab_follows_the_data():
     run = build(make_config(*TINY))
     assert run.model.net.tok.num_embeddings == 16
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("overrides, message", [
+    (["model._target_=tests.user_model.TaggerLM", "task=lm"], "task=lm: model._target_=tests.user_model.TaggerLM trains classification only"),
+    (["model._target_=tests.user_model.TaggerLM"], "is for lm/mlm, model._target_=tests.user_model.TaggerLM trains classification"),
+    (["strategy=fsdp", "clip._target_=tests.user_model.RowClip"], "needs whole rows"),
+    (["strategy=fsdp", "amp._target_=tests.user_model.scaled_fp16"], "it uses a GradScaler"),
+    (["strategy=fsdp", "clip=agc"], "needs whole rows"),
+    (["strategy=fsdp", "amp=fp16"], "it uses a GradScaler"),
+    (["model=gpt", "task=mlm"], "trainer.models.GPT trains lm only"),
+])
+def test_cross_group_rules_ask_the_built_parts_so_user_classes_get_them_too(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_capabilities(make_config(*TINY, *overrides))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("overrides", [[], ["strategy=fsdp", "amp=bf16"], ["strategy=fsdp", "clip=zclip"],
+                                       ["model._target_=tests.user_model.BigramLM", "clip._target_=tests.user_model.RowClip"]])
+def test_pairs_that_work_pass_the_cross_group_rules(overrides):
+    check_capabilities(make_config(*TINY, *overrides))

@@ -91,6 +91,7 @@ def test_sigterm_writes_a_checkpoint_of_the_current_step_and_exits_non_zero(tmp_
     assert max(per_step(tmp_path, "train/loss")) == 400
 
 
+@pytest.mark.unit
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     path = tmp_path / "step_00000001.pt"
     with open(path, "wb") as f:
@@ -104,6 +105,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     assert checkpoint.latest(tmp_path) is None
 
 
+@pytest.mark.unit
 def test_auto_never_picks_a_truncated_or_half_written_file(tmp_path, monkeypatch):
     checkpoint.save(tmp_path, 1, {"w": torch.ones(1000)}, keep_last=5)
     checkpoint.save(tmp_path, 2, {"w": torch.full((1000,), 2.0)}, keep_last=5)
@@ -128,6 +130,7 @@ def test_auto_never_picks_a_truncated_or_half_written_file(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.pt", "step_00000002.pt", "step_00000004.pt"]
 
 
+@pytest.mark.integration
 def test_keep_last_and_no_temporary_files_after_a_normal_exit(tmp_path):
     cfg = make_config(*TINY, "trainer.max_steps=10", "checkpoint.every=2", "checkpoint.keep_last=2",
                       f"checkpoint.dir={tmp_path / 'ck'}")
@@ -135,6 +138,7 @@ def test_keep_last_and_no_temporary_files_after_a_normal_exit(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000008.pt", "step_00000010.pt"]
 
 
+@pytest.mark.integration
 def test_resume_into_a_different_model_shape_names_the_key(tmp_path):
     ck = f"checkpoint.dir={tmp_path / 'ck'}"
     train(build(make_config(*TINY, "trainer.max_steps=2", ck)), tmp_path, Display(2, quiet=True))
@@ -154,6 +158,7 @@ STATEFUL_CLIPS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("clip", list(STATEFUL_CLIPS))
 def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkeypatch, clip):
     """The kill test's check without processes: SIGTERM during step 6, resume, compare steps 7..12."""
@@ -196,6 +201,7 @@ class _Marker:
         return open, (self.path, "w")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["absolute", "beside"])
 def test_a_checkpoint_pointing_at_crafted_shards_never_runs_code(tmp_path, where):
     """A plain-data step_N.pt whose shards entry leads to a .metadata that would create a marker
@@ -222,6 +228,7 @@ def test_a_checkpoint_pointing_at_crafted_shards_never_runs_code(tmp_path, where
     assert not marker.exists()
 
 
+@pytest.mark.unit
 def test_shards_are_read_as_data_only(tmp_path):
     """DCP's own reader would unpickle a non-tensor item with weights_only=False; ours refuses it,
     and reads a real checkpoint's weights back equal to what was saved."""
@@ -242,6 +249,7 @@ def test_shards_are_read_as_data_only(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_a_checkpoint_written_by_release_0_1_0_resumes_exactly(tmp_path):
     """tests/fixtures/checkpoint-0.1.0: written by 0.1.0 (fp16 scaler, clip controller, spike guard,
     dropout RNG); resuming it gives the per-step values 0.1.0 itself gave (make.py there)."""

@@ -115,6 +115,7 @@ def test_bad_input_is_one_line_naming_the_key(bad_input_runs, overrides, key):
     assert events(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_full_error_env_shows_the_traceback(tmp_path):
     out = run_cli("train", "clip.max_norm=0", f"hydra.run.dir={tmp_path}", env={"HYDRA_FULL_ERROR": "1"})
     assert out.returncode != 0
@@ -135,6 +136,7 @@ def test_multirun_sweep_writes_one_events_file_per_job(tmp_path):
         assert all(v <= max_norm + 1e-5 for _, v in clipped)
 
 
+@pytest.mark.slow
 def test_help_and_cfg_job():
     out = run_cli("--help")
     assert out.returncode == 0 and "trainer train" in out.stdout
@@ -145,6 +147,7 @@ def test_help_and_cfg_job():
     assert out.returncode == 2 and "unknown command" in out.stderr
 
 
+@pytest.mark.unit
 def test_slurm_launcher_config_composes_with_hydras_submitit_plugin():
     """conf/hydra/launcher/slurm.yaml extends the plugin's own submitit_slurm schema; a job asks for
     one node with one task and one GPU per worker."""

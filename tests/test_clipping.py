@@ -7,6 +7,8 @@ import torch
 
 from trainer.clipping import NoClip, NormClip, ValueClip
 
+pytestmark = pytest.mark.unit
+
 
 def params_with_grads(scale: float = 1.0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)

@@ -9,6 +9,8 @@ from trainer.config import ConfigError
 from trainer.data import SyntheticData, TextData
 from trainer.data.tokens import EOS_ID, decode, encode
 
+pytestmark = pytest.mark.unit
+
 
 def test_text_and_jsonl_become_one_stream_with_a_held_out_tail(tmp_path):
     (tmp_path / "a.txt").write_text("héllo world " * 50)

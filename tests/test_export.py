@@ -1,3 +1,4 @@
+import pytest
 """`trainer export`: the checkpoint's weights as safetensors, equal to the trained model's."""
 
 import json
@@ -9,6 +10,8 @@ from tests.conftest import TINY, make_config, run_cli
 from trainer.build import build
 from trainer.display import Display
 from trainer.loop import train
+
+pytestmark = pytest.mark.slow
 
 
 def test_export_writes_the_final_weights_and_model_config(tmp_path):

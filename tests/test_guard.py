@@ -13,6 +13,7 @@ from trainer.guard import Diverged, SpikeGuard
 from trainer.loop import train
 
 
+@pytest.mark.unit
 def test_spike_is_judged_against_the_running_window():
     guard = SpikeGuard(window=6, threshold=3.0, nonfinite_steps=2, max_rollbacks=1)
     calm = [2.0, 2.1, 1.9, 2.0, 2.05, 1.95]  # mean 2.0, std ~0.065: the bar is ~2.19
@@ -21,6 +22,7 @@ def test_spike_is_judged_against_the_running_window():
     assert list(guard.history)[-1] == 2.1  # the spike did not join the history
 
 
+@pytest.mark.unit
 def test_no_verdict_before_half_a_window_and_nan_runs():
     guard = SpikeGuard(window=10, threshold=3.0, nonfinite_steps=2, max_rollbacks=1)
     assert guard.bad_steps([1, 2, 3], [5.0, 1.0, 50.0]) == []  # too little history to judge
@@ -43,6 +45,7 @@ def run(tmp_path, monkeypatch, *extra):
     return train(build(cfg), tmp_path, Display(60, quiet=True))
 
 
+@pytest.mark.slow
 def test_poisoned_batch_is_rolled_back_and_skipped(tmp_path, monkeypatch):
     clean = run(tmp_path / "clean", monkeypatch, "data._target_=trainer.data.SyntheticData",
                 "model._target_=tests.user_model.BigramLM")
@@ -57,11 +60,13 @@ def test_poisoned_batch_is_rolled_back_and_skipped(tmp_path, monkeypatch):
     assert not unguarded["final eval loss"] < 2 * clean["final eval loss"]
 
 
+@pytest.mark.slow
 def test_gives_up_after_max_rollbacks(tmp_path, monkeypatch):
     with pytest.raises(Diverged, match="guard.max_rollbacks"):
         run(tmp_path, monkeypatch, "guard.spike=true", "guard.window=10", "guard.max_rollbacks=0")
 
 
+@pytest.mark.unit
 def test_checkpoints_must_follow_checked_intervals():
     from trainer.config import ConfigError, validate
 
@@ -69,6 +74,7 @@ def test_checkpoints_must_follow_checked_intervals():
         validate(make_config(*GUARDED, "guard.spike=true", "checkpoint.every=7"))
 
 
+@pytest.mark.integration
 def test_fp16_stops_when_the_loss_scale_collapses(tmp_path):
     cfg = make_config(*TINY, "model._target_=tests.poison.OverflowingLM", "amp=fp16", "amp.init_scale=8",
                       "amp.min_scale=1", "trainer.max_steps=50", "trainer.log_every=5")

@@ -22,6 +22,7 @@ def test_suggests_the_analytic_percentile_of_a_known_distribution():
     assert "histogram" in out.stdout and "largest per-module gradient norms" in out.stdout
 
 
+@pytest.mark.unit
 def test_analyse_skips_warmup_and_non_finite_norms():
     norms = [100.0] * 10 + [float(i) for i in range(1, 91)] + [float("nan")]
     a = analyse(norms)

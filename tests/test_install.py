@@ -5,6 +5,8 @@ from importlib.metadata import distributions, version
 import pytest
 import torch
 
+pytestmark = pytest.mark.unit
+
 
 def test_torch_is_the_pinned_release():
     assert version("torch").split("+")[0] == "2.13.0"

@@ -9,6 +9,8 @@ from trainer.build import build
 from trainer.display import Display
 from trainer.loop import train
 
+pytestmark = pytest.mark.integration
+
 
 def layer_scalars(tmp_path, *overrides):
     cfg = make_config(*TINY, "log.per_layer=true", "clip=none", *overrides)

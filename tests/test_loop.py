@@ -17,6 +17,7 @@ from trainer.metrics import Meter
 from trainer.precision import Precision
 
 
+@pytest.mark.integration
 def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch):
     """Count every way trainer's code brings a tensor to the host; only log intervals and evals may.
 
@@ -46,6 +47,7 @@ def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch):
     assert len(calls) == steps // log_every + 1, calls
 
 
+@pytest.mark.integration
 def test_logged_loss_is_the_interval_average(tmp_path):
     """train/loss at step 10 is the mean of the 10 step losses, recomputed here from the same batches."""
     cfg = make_config(*TINY, "trainer.max_steps=10", "trainer.log_every=10", "trainer.eval_every=10",
@@ -60,6 +62,7 @@ def test_logged_loss_is_the_interval_average(tmp_path):
     assert abs(logged - expected) < 1e-5
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_no_host_sync_outside_log_intervals_on_cuda(tmp_path, monkeypatch, amp):
@@ -91,6 +94,7 @@ def test_no_host_sync_outside_log_intervals_on_cuda(tmp_path, monkeypatch, amp):
     assert summary["steps"] == steps and math.isfinite(summary["final train loss"])
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_to_the_eager_loss(tmp_path):
     """trainer.compile=true on the default GPT and text data: the same logged losses as eager."""
     common = ["trainer.max_steps=20", "trainer.log_every=10", "trainer.eval_every=20", "trainer.eval_batches=2",

@@ -1,3 +1,4 @@
+import pytest
 """Built-in models' objectives, and a user model plugged in by _target_."""
 
 import math
@@ -15,6 +16,7 @@ SHAPE = dict(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, dr
              vocab_size=50)
 
 
+@pytest.mark.unit
 def test_gpt_is_causal():
     torch.manual_seed(0)
     net = GPT(**SHAPE).net
@@ -26,12 +28,14 @@ def test_gpt_is_causal():
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
+@pytest.mark.unit
 def test_gpt_loss_at_init_is_near_uniform():
     torch.manual_seed(0)
     loss = GPT(**SHAPE)(torch.randint(FIRST_REGULAR_ID, 50, (8, 16)))
     assert abs(loss.item() - math.log(50)) < 0.3
 
 
+@pytest.mark.unit
 def test_bert_masks_fifteen_percent_eighty_ten_ten():
     torch.manual_seed(0)
     model = Bert(**SHAPE, mask_prob=0.15, mask_token_id=MASK_ID)
@@ -58,6 +62,7 @@ def test_bert_masks_fifteen_percent_eighty_ten_ten():
     assert torch.equal(model.mask(ids)[0], model.mask(ids)[0])
 
 
+@pytest.mark.integration
 def test_user_model_by_target_trains(tmp_path):
     cfg = make_config(*TINY, "model._target_=tests.user_model.BigramLM", "trainer.max_steps=60",
                       "trainer.log_every=10", "trainer.eval_every=60", "optim.lr=0.01")

@@ -33,6 +33,7 @@ def finetune_args(folder, labelled, *more):
             f"data.train_file={labelled}", "data.label_field=label", "data.seq_len=32", *more]
 
 
+@pytest.mark.integration
 def test_hidden_states_and_mlm_logits_equal_transformers(folder, labelled):
     run = build(make_config("model=bert", f"model.pretrained={folder}", "data=jsonl", f"data.train_file={labelled}",
                             "data.seq_len=32", "trainer.device=cpu"))
@@ -54,6 +55,7 @@ def test_hidden_states_and_mlm_logits_equal_transformers(folder, labelled):
     torch.testing.assert_close(logits[real], theirs.logits[real], rtol=0, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_tokenizer_matches_transformers_including_lower_casing(folder, labelled):
     run = build(make_config(*finetune_args(folder, labelled, "trainer.device=cpu")))
     reference = transformers.AutoTokenizer.from_pretrained(folder)
@@ -66,6 +68,7 @@ def test_tokenizer_matches_transformers_including_lower_casing(folder, labelled)
     assert {"input_ids", "attention_mask", "token_type_ids", "labels"} <= set(item)
 
 
+@pytest.mark.integration
 def test_finetuning_the_tiny_checkpoint_reaches_90_percent_accuracy(folder, labelled, tmp_path):
     run = build(make_config(*finetune_args(folder, labelled, "trainer.max_steps=150", "optim.lr=1e-3",
                                            "trainer.eval_every=150", "trainer.device=cpu")))
@@ -75,6 +78,7 @@ def test_finetuning_the_tiny_checkpoint_reaches_90_percent_accuracy(folder, labe
     assert summary["final eval f1"] >= 0.9, summary
 
 
+@pytest.mark.integration
 def test_vocab_txt_only_folder_lower_cases_as_its_config_says(tmp_path, labelled):
     folder = tiny_bert(tmp_path / "vocab-only", vocab_txt_only=True)
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
@@ -85,6 +89,7 @@ def test_vocab_txt_only_folder_lower_cases_as_its_config_says(tmp_path, labelled
     assert run.data.tokenizer.encode("GOOD").ids[1] == run.data.tokenizer.token_to_id("good")
 
 
+@pytest.mark.unit
 def test_classification_metrics_against_hand_counts():
     # rows: true class, columns: predicted. Class 1: tp 30, fp 10, fn 5.
     confusion = torch.tensor([[50.0, 10.0], [5.0, 30.0]])

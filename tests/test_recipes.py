@@ -8,8 +8,6 @@ import pytest
 from tests.conftest import ROOT, read_scalars, run_cli
 from tests.hf_folder import labelled_jsonl, tiny_bert
 
-pytestmark = pytest.mark.slow
-
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
 SMALL_GPT = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
              "data.files=${stdlib:}/json/*.py", "data.seq_len=32", "data.batch_size=4", "trainer.max_steps=4",
@@ -17,6 +15,7 @@ SMALL_GPT = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", 
              "checkpoint.every=0"]
 
 
+@pytest.mark.unit
 def test_every_recipe_has_its_readme_and_a_test():
     assert RECIPES == ["bert-finetune", "clip-sweep", "fp16-vs-bf16", "gpt-text"]
     readme = (ROOT / "recipes" / "README.md").read_text()
@@ -32,6 +31,7 @@ def _report(sweep_dir):
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_gpt_text(tmp_path):
     out = run_cli("train", "+recipes=gpt-text", *SMALL_GPT, f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -40,6 +40,7 @@ def test_gpt_text(tmp_path):
     assert "eval/loss" in read_scalars(tmp_path)
 
 
+@pytest.mark.slow
 def test_bert_finetune(tmp_path):
     folder = tiny_bert(tmp_path / "tiny-bert")
     data = labelled_jsonl(tmp_path / "train.jsonl", n=100)
@@ -53,6 +54,7 @@ def test_bert_finetune(tmp_path):
     assert "new (not in it): pooler.weight, pooler.bias, classifier.weight, classifier.bias" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe,runs", [("clip-sweep", 6), ("fp16-vs-bf16", 3)])
 def test_sweep_recipes_then_report(tmp_path, recipe, runs):
     sweep_dir = tmp_path / "sweep"

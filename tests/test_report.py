@@ -11,6 +11,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tests.conftest import TINY, run_cli
 from trainer.report import plot, report
 
+pytestmark = pytest.mark.slow
+
 
 def raw_scalars(run_dir):
     """Scalars straight from the event records (no accumulator), each tag's values in step order."""
@@ -33,7 +35,6 @@ def sweep(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow
 def test_report_rows_match_the_event_files(sweep):
     out = run_cli("report", str(sweep), "--json")
     assert out.returncode == 0, out.stderr
@@ -58,7 +59,6 @@ def test_report_rows_match_the_event_files(sweep):
     assert table.returncode == 0 and table.stdout.count("clip.max_norm=") == 6
 
 
-@pytest.mark.slow
 def test_hparams_are_in_each_runs_own_directory(sweep):
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 6
@@ -89,7 +89,6 @@ def test_report_errors_are_one_line(tmp_path):
         assert len(out.stderr.strip().splitlines()) == 1 and words in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
 def test_plot_is_a_png_of_the_expected_size_with_a_line_per_run(sweep, tmp_path):
     out_png = tmp_path / "sweep.png"
     out = run_cli("report", str(sweep), "--plot", str(out_png))
@@ -106,7 +105,6 @@ def test_plot_is_a_png_of_the_expected_size_with_a_line_per_run(sweep, tmp_path)
     assert lines == {"eval loss": 6, "grad norm before clipping": 6, "grad norm after clipping": 6, "loss scale": 6}
 
 
-@pytest.mark.slow
 def test_optuna_search_minimises_the_final_eval_loss(tmp_path):
     out = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "clip.max_norm=interval(0.1,5)",
                   *TINY, "trainer.max_steps=6", "trainer.log_every=3", f"hydra.sweep.dir={tmp_path}")

@@ -12,6 +12,8 @@ from trainer.metrics import Meter
 from trainer.models import GPT
 from trainer.step import train_step
 
+pytestmark = pytest.mark.unit
+
 CPU = torch.device("cpu")
 
 

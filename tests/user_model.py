@@ -15,3 +15,25 @@ class BigramLM(nn.Module):
     def forward(self, input_ids):
         logits = self.out(self.emb(input_ids[:, :-1]))
         return F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten())
+
+
+class TaggerLM(BigramLM):
+    """A user's model that declares what it trains: build checks `task` against it."""
+
+    TASKS = ("classification",)
+
+
+class RowClip:
+    """A user's row-wise clip policy: like AGC, it cannot see whole rows under FSDP."""
+
+    needs_whole_rows = True
+
+    def __init__(self, **unused):
+        pass
+
+
+def scaled_fp16(device, **unused):
+    """A user's precision policy with a GradScaler: like amp=fp16, refused under FSDP."""
+    from trainer.precision import fp16
+
+    return fp16(device, init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=100)

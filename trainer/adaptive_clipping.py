@@ -117,6 +117,8 @@ class AGC:
     final classifier unclipped) are left alone. The total norm is measured before and after.
     """
 
+    needs_whole_rows = True  # it measures each row of a weight, which FSDP's shards split: build refuses the pair
+
     def __init__(self, clipping: float, eps: float = 1e-3, exclude: list[str] | None = None):
         self.clipping, self.eps = clipping, eps
         self.exclude = list(exclude or [])

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
@@ -100,6 +100,35 @@ def loaders(data: Any, cfg: DictConfig, device: torch.device,
     return train, evaluate
 
 
+def _class(target: str) -> type | None:
+    try:
+        return get_class(target)
+    except Exception:  # a _target_ that does not import: _build reports it, naming the key
+        return None
+
+
+def check_capabilities(cfg: DictConfig) -> None:
+    """Rules across groups, asked of the classes and policies themselves (a user's own too), not of
+    their _target_ strings: the tasks a model and a data source declare (TASKS), whether the
+    precision policy uses a GradScaler, whether the clip policy needs whole rows of each weight."""
+    model_tasks = getattr(_class(cfg.model.get("_target_", "")), "TASKS", None)
+    data_tasks = getattr(_class(cfg.data.get("_target_", "")), "TASKS", None)
+    if model_tasks and cfg.task != "auto" and cfg.task not in model_tasks:
+        raise ConfigError(f"task={cfg.task}: model._target_={cfg.model._target_} trains {'/'.join(model_tasks)} only "
+                          "(model=bert does mlm and classification)")
+    if model_tasks and data_tasks and not set(model_tasks) & set(data_tasks):
+        raise ConfigError(f"data._target_={cfg.data._target_} is for {'/'.join(data_tasks)}, model._target_="
+                          f"{cfg.model._target_} trains {'/'.join(model_tasks)}: model=gpt takes data=text or "
+                          "synthetic; data=jsonl/csv feeds model=bert")
+    if cfg.strategy.kind.name == "fsdp":
+        if _build("amp", cfg.amp, device=torch.device("cpu")).scaler is not None:
+            raise ConfigError(f"strategy=fsdp with amp._target_={cfg.amp._target_}: not supported (it uses a "
+                              "GradScaler, and each rank's would see only its shard's infs); use amp=bf16")
+        if getattr(_build("clip", cfg.clip), "needs_whole_rows", False):
+            raise ConfigError(f"strategy=fsdp with clip._target_={cfg.clip._target_}: not supported (it needs "
+                              "whole rows of each weight, which FSDP shards)")
+
+
 def preflight(cfg: DictConfig) -> None:
     """The checks that need neither data nor a model: a pretrained folder's config.json, every
     key's range, the device. The launcher runs them before it starts workers, so that bad input
@@ -108,6 +137,7 @@ def preflight(cfg: DictConfig) -> None:
     if pretrained:  # its config.json fixes the architecture, recorded in config.yaml and checkpoints
         cfg.model.update(hf_pretrained.architecture(pretrained))
     validate(cfg)
+    check_capabilities(cfg)
     resolve_device(cfg.trainer.device.name)
 
 

@@ -44,16 +44,14 @@ def probe(overrides: list[str], steps: int) -> tuple[list[float], dict[str, floa
 
 def from_run(run_dir: Path) -> tuple[list[float], dict[str, float]]:
     """train/grad_norm (interval means) and the last layers/grad_norm/* values of an existing run."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from trainer.report import read_scalars
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = acc.Tags()["scalars"]
-    if "train/grad_norm" not in tags:
+    scalars = read_scalars(run_dir)
+    if "train/grad_norm" not in scalars:
         raise ConfigError(f"--from {run_dir}: no train/grad_norm in its events")
-    norms = [e.value for e in acc.Scalars("train/grad_norm")]
-    per_layer = {t.removeprefix("layers/grad_norm/"): acc.Scalars(t)[-1].value
-                 for t in tags if t.startswith("layers/grad_norm/")}
+    norms = [v for _, v in scalars["train/grad_norm"]]
+    per_layer = {t.removeprefix("layers/grad_norm/"): values[-1][1]
+                 for t, values in scalars.items() if t.startswith("layers/grad_norm/")}
     return norms, per_layer
 
 

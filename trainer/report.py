@@ -36,6 +36,14 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(runs)
 
 
+def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a run dir's events, by tag, as (step, value): TensorBoard's own reader, all
+    events kept (no sampling). The one place trainer opens event files."""
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def _overrides(run: Path) -> str:
     """The run's command-line overrides, from the file Hydra writes beside it."""
     path = run / ".hydra" / "overrides.yaml"
@@ -47,14 +55,12 @@ def _overrides(run: Path) -> str:
 
 def summarize(run: Path, root: Path) -> dict[str, object]:
     """The report row of one run directory."""
-    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    if "train/loss" not in tags:
+    scalars = read_scalars(run)
+    if "train/loss" not in scalars:
         raise ConfigError(f"{run}: its events file holds no training scalars (corrupt, empty or not a trainer run)")
 
     def values(tag: str) -> list[float]:
-        return [e.value for e in acc.Scalars(tag)] if tag in tags else []
+        return [v for _, v in scalars.get(tag, [])]
 
     def last(tag: str, default: float = math.nan) -> float:
         v = values(tag)
@@ -118,13 +124,12 @@ def plot(paths: list[Path], rows: list[dict[str, object]], out: Path,
     dpi = 100
     fig, axes = plt.subplots(2, 2, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
     for run, label in zip(find_runs(paths), labels(rows)[0], strict=True):
-        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
-        acc.Reload()
+        scalars = read_scalars(run)
         for ax, (tag, title) in zip(axes.flat, PLOTS, strict=True):
             ax.set_title(title)
-            if tag in acc.Tags()["scalars"]:
-                events = acc.Scalars(tag)
-                ax.plot([e.step for e in events], [e.value for e in events], label=label, marker="o", markersize=3)
+            if tag in scalars:
+                steps, values = zip(*scalars[tag])
+                ax.plot(steps, values, label=label, marker="o", markersize=3)
     for ax in axes.flat:
         ax.set_xlabel("step")
     axes[0, 1].set_yscale("log")

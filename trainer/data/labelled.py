@@ -80,6 +80,8 @@ class PadCollate:
 class LabelledText:
     """Train/eval datasets from train_file (and eval_file, or the last val_fraction of train_file)."""
 
+    TASKS = ("mlm", "classification")  # records, with labels or without
+
     def __init__(self, *, train_file: str, eval_file: str | None, text_field: str, text_pair_field: str | None,
                  label_field: str | None, tokenizer: str | None, seq_len: int, val_fraction: float,
                  seed: int = 0, **_loader_keys):

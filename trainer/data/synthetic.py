@@ -33,6 +33,8 @@ def generate(num: int, seq_len: int, vocab_size: int, noise: float, succ: torch.
 class SyntheticData:
     """Train and eval sets of the same task, drawn from a generator seeded by trainer.seed."""
 
+    TASKS = ("lm", "mlm")
+
     def __init__(self, *, vocab_size: int, num_samples: int, eval_samples: int, noise: float, seq_len: int,
                  seed: int = 0, **_loader_keys):
         gen = torch.Generator().manual_seed(seed)

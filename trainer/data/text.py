@@ -50,6 +50,7 @@ class TextData:
     """Train/eval datasets from the files matching a glob; the last val_fraction of the stream is held out."""
 
     vocab_size = tokens.BYTE_VOCAB_SIZE
+    TASKS = ("lm", "mlm")  # one token stream, cut into windows
 
     def __init__(self, *, files: str, seq_len: int, text_field: str, val_fraction: float, **_loader_keys):
         paths = sorted(Path(p) for p in glob.glob(files, recursive=True) if Path(p).is_file())

@@ -80,6 +80,8 @@ class MLMHead(nn.Module):
 
 
 class Bert(nn.Module):
+    TASKS = ("mlm", "classification")
+
     def __init__(self, *, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int,
                  dropout: float, max_seq_len: int, vocab_size: int, task: str = "mlm", mask_prob: float = 0.15,
                  mask_token_id: int = 1, num_labels: int | None = None, type_vocab_size: int = 2,
