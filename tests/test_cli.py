@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY, read_scalars, run_cli
+from trainer.commands.train import name_jobs_by_sweep
 
 TAGS = {
     "train/loss", "train/lr", "train/grad_norm", "train/grad_norm_clipped", "train/clip_fraction",
@@ -162,3 +163,16 @@ def test_slurm_launcher_config_composes_with_hydras_submitit_plugin():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, 4)
     assert launcher.signal_delay_s > 0  # SIGUSR1 before the time limit: trainer checkpoints on it
+
+
+@pytest.mark.unit
+def test_sweep_job_names_leave_out_what_hydras_parser_says_is_not_swept():
+    args = ["-m", "clip.max_norm=0.5,1,5", "+debug=tiny", "optim.lr=tag(log,interval(1e-4,3e-3))",
+            "model.hidden_size=64", "data.text_field='a,b'", "hydra.run.dir=x", "--cfg", "job"]
+    named = name_jobs_by_sweep(args)
+    exclude = next(a for a in named if a.startswith("hydra.job.config.override_dirname.exclude_keys="))
+    keys = exclude.split("=", 1)[1].strip("[]").split(",")
+    # a quoted value with a comma is one value, not a sweep (string guessing took it for one)
+    assert keys == ["data.files", "hydra.run.dir", "hydra.sweep.dir", "debug", "model.hidden_size", "data.text_field"]
+    assert named[-2:] == ["--cfg", "job"]  # trailing flags stay last
+    assert name_jobs_by_sweep(args[1:]) == args[1:]  # not a multirun: untouched

@@ -15,9 +15,7 @@ model's real gradients, many calls), which is far less noisy than a difference o
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -187,30 +185,3 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
         f"({100 * isolated / step_ms:.2f}% of the step; median of 50 calls)",
     ]
     return rows, notes
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="trainer bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat (default 30)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (default 5)")
-    parser.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
-                        help="also time trainer with these extra overrides (repeatable), e.g. --variant clip=zclip")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak TFLOP/s for MFU (default: looked up for known GPUs)")
-    parser.add_argument("overrides", nargs="*", help="config overrides, as for trainer train")
-    args = parser.parse_args(argv)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    rows, notes = measure(args.overrides, args.steps, args.repeats, args.variant, peak)
-    from rich.console import Console
-    from rich.table import Table
-
-    cfg = " ".join(args.overrides) or "(defaults)"
-    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file does not wrap
-    table = Table(title=f"trainer bench: {cfg}, {args.steps} steps x {args.repeats} repeats")
-    for column in rows[0]:
-        table.add_column(column, no_wrap=True)
-    for row in rows:
-        table.add_row(*row.values())
-    console.print(table)
-    for note in notes:
-        console.print(note)

@@ -1,41 +1,27 @@
-"""The ``trainer`` command: picks the subcommand, then hands the rest of argv to Hydra."""
+"""The ``trainer`` command: picks the subcommand (trainer/commands/), and turns config and input
+errors into one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import importlib
-import json
 import os
 import re
 import sys
-from pathlib import Path
+from typing import Callable, Iterator
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from trainer import config, ranks
-from trainer.config import CONF_DIR, ConfigError
+from trainer.config import ConfigError
 
 
 USAGE = """\
 usage: trainer <command> [overrides...]
 
 commands:
-  train [overrides]       train with the composed config (Hydra overrides: key=value, group=option)
-  train -m [sweeps]       one job per combination (Hydra multirun), e.g. -m clip.max_norm=0.5,1,5
-  train --cfg job         print the composed config and exit
-  train --help            config groups and the composed config (Hydra's help)
-  bench [--steps N] [--repeats N] [overrides]
-                          time trainer's loop against a hand-written loop (median, ratio)
-  export RUN_DIR [--out DIR]
-                          newest checkpoint's weights as safetensors, plus the model config
-  inspect-grads [--steps N | --from RUN_DIR] [overrides]
-                          gradient-norm distribution, top layers, and a suggested clip.max_norm
-  report PATH... [--csv | --json]
-                          one row per run found under PATH: final/best eval loss, norms, clip fraction...
+{commands}
 
 examples:
   trainer train
@@ -44,80 +30,6 @@ examples:
 
 Set HYDRA_FULL_ERROR=1 to see full tracebacks for errors.
 """
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def train(cfg: DictConfig) -> float:
-    """Hydra's task: build the run from cfg, train, and return the final eval loss (for sweepers)."""
-    # Imported here so that `trainer --help` and config errors stay fast.
-    from trainer import distributed
-    from trainer.build import build, preflight
-    from trainer.display import Display
-    from trainer.loop import train as train_loop
-    from trainer.guard import Diverged
-    from trainer.preemption import Preempted
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.trainer.nproc_per_node > 1 and not ranks.is_worker():
-        # This process only launches: the workers train, into this same run dir.
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
-        try:
-            preflight(cfg)
-        except Exception as e:
-            _fail(e)
-        print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
-        # The workers inherit this environment: they must see the user's HYDRA_FULL_ERROR, not
-        # the one _hydra set for this process's own Hydra.
-        os.environ["HYDRA_FULL_ERROR"] = "1" if _FULL_ERROR else "0"
-        try:
-            distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
-        finally:
-            os.environ["HYDRA_FULL_ERROR"] = "1"
-        # A sweeper (Optuna) minimises what the task returns: rank 0's result, from its summary.
-        return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
-    world = ranks.world()
-    try:
-        run = build(cfg)
-    except Exception as e:
-        # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
-        _fail(e)
-    display = Display(cfg.trainer.max_steps, quiet=not world.main)
-    display.start(cfg, run_dir, str(run.device) + (f" x {world.size} processes" if world.size > 1 else ""),
-                  sum(p.numel() for p in run.params))
-    for note in run.notes:
-        display.note(note)
-    try:
-        summary = train_loop(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
-    except (Preempted, Diverged) as e:
-        if world.main:  # every rank stops at the same step for the same reason: say it once
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except ConfigError as e:  # a checkpoint that does not fit, found while resuming
-        _fail(e)
-    if world.main:  # for scripts, and for the launcher to hand a sweeper the objective
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    display.finish(summary, run_dir)
-    return summary["final eval loss"]
-
-
-def _value(text: str) -> object:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def run_settings(hydra_cfg: DictConfig) -> dict[str, object]:
-    """What this run chose: each config group's option, then each override (for the HPARAMS tab)."""
-    settings: dict[str, object] = {g: o for g, o in hydra_cfg.runtime.choices.items()
-                                   if not g.startswith("hydra") and o is not None}
-    for item in hydra_cfg.overrides.task:
-        key, _, value = item.lstrip("+~").partition("=")
-        if not key.startswith("hydra."):
-            settings[key] = _value(value)
-    return settings
 
 
 def one_line(e: BaseException) -> str | None:
@@ -146,12 +58,34 @@ def one_line(e: BaseException) -> str | None:
     return None
 
 
-_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for tracebacks
+# HYDRA_FULL_ERROR: the user's own setting is read once, here. Hydra prints its errors itself (as
+# several lines and tracebacks) unless the variable is 1, so it is 1 while Hydra runs: errors
+# reach fail(), which prints one line, except for real bugs, which keep their traceback.
+_USERS_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR")
+FULL_ERROR = _USERS_FULL_ERROR == "1"
 
 
-def _fail(e: BaseException) -> None:
+def _set_full_error(value: str | None) -> None:
+    if value is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = value
+
+
+@contextlib.contextmanager
+def users_hydra_full_error() -> Iterator[None]:
+    """The user's own HYDRA_FULL_ERROR while inside: for processes started from a Hydra job (workers)."""
+    inside_hydra = os.environ.get("HYDRA_FULL_ERROR")
+    _set_full_error(_USERS_FULL_ERROR)
+    try:
+        yield
+    finally:
+        _set_full_error(inside_hydra)
+
+
+def fail(e: BaseException) -> None:
     """Print e as one line and exit 2 if it is a config or input error; otherwise re-raise it."""
-    msg = None if _FULL_ERROR else one_line(e)
+    msg = None if FULL_ERROR else one_line(e)
     if msg is None:
         raise e
     world = ranks.world()
@@ -159,75 +93,38 @@ def _fail(e: BaseException) -> None:
     sys.exit(2)
 
 
-_SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(")
-_ALWAYS_EXCLUDED = ["data.files", "hydra.run.dir", "hydra.sweep.dir"]
-
-
-def name_jobs_by_sweep(args: list[str]) -> list[str]:
-    """In multirun, name each job's dir by the swept overrides only: all of them may be too long a name."""
-    if not {"-m", "--multirun"} & set(args) or any("override_dirname.exclude_keys" in a for a in args):
-        return args
-    fixed = []
-    for arg in args:
-        key, eq, value = arg.lstrip("+~").partition("=")
-        swept = ("," in value and value[:1] not in "[{") or value.startswith(_SWEEP_FUNCTIONS)
-        if eq and not swept and not key.startswith("hydra"):
-            fixed.append(key)
-    excluded = ",".join(_ALWAYS_EXCLUDED + fixed)
-    # Next to the last override: argparse takes no overrides after trailing flags like --cfg hydra.
-    at = max((i + 1 for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=len(args))
-    return [*args[:at], f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]", *args[at:]]
-
-
-def _hydra(task, args: list[str]) -> None:
+def run_hydra(task: Callable[[], object], args: list[str]) -> None:
     """Run a Hydra task on args; config and input errors become one line on stderr and exit 2."""
-    # Hydra prints errors itself (as several lines and tracebacks) unless this is set; with it set,
-    # they reach us and we print one line, except for real bugs, which keep their traceback.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = ["trainer", *name_jobs_by_sweep(args)]
+    _set_full_error("1")
+    sys.argv = ["trainer", *args]
     try:
         task()
     except Exception as e:
-        _fail(e)
+        fail(e)
+    finally:
+        _set_full_error(_USERS_FULL_ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from trainer.commands import COMMANDS  # each command imports its work only when it runs
+
     argv = sys.argv[1:] if argv is None else argv
+    usage = USAGE.format(commands="\n".join(c.USAGE for c in COMMANDS.values()))
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
+        print(usage, end="")
         return
-    command, rest = argv[0], argv[1:]
-    config.register()
-    if command == "train":
-        worker = ranks.is_worker()
-        if worker:
-            # Started by torchrun: join the group, and take rank 0's clock for the run dir's name.
-            import logging
-
-            from trainer import distributed
-
-            world = distributed.init()
-            config.started(distributed.shared_start_time())
-            if not world.main:  # quiet: rank 0 writes the dir's .hydra/ and train.log
-                rest = [*rest, "hydra.output_subdir=null"]
-                logging.getLogger("trainer").setLevel(logging.WARNING)
-        try:
-            _hydra(train, rest)
-            if worker:
-                distributed.finish()
-        except KeyboardInterrupt:  # the second Ctrl-C: the first one asked for a clean stop
-            print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before",
-                  file=sys.stderr)
-            sys.exit(130)
-    elif command in ("bench", "export", "report", "inspect-grads"):
-        module = importlib.import_module(f"trainer.{command.replace('-', '_')}")
-        try:
-            module.main(rest)
-        except Exception as e:
-            _fail(e)
-    else:
-        print(f"error: unknown command '{command}' (commands: train, bench, export, report, inspect-grads)\n\n{USAGE}", file=sys.stderr, end="")
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command '{name}' (commands: {', '.join(COMMANDS)})\n\n{usage}", file=sys.stderr, end="")
         sys.exit(2)
+    config.register()
+    if name == "train":
+        COMMANDS[name].main(rest)  # errors inside Hydra's job are mapped there (run_hydra)
+        return
+    try:
+        COMMANDS[name].main(rest)
+    except Exception as e:
+        fail(e)
 
 
 if __name__ == "__main__":

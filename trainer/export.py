@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -42,12 +41,3 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     model_cfg = {**state["config"]["model"], "step": state["step"], "checkpoint": str(path)}
     (out / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n")
     return out
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="trainer export", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/export)")
-    args = parser.parse_args(argv)
-    out = export(args.run_dir, args.out)
-    print(f"exported: {out / 'model.safetensors'} and {out / 'config.json'}")

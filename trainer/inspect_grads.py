@@ -8,7 +8,6 @@ norms are atypical, and a threshold at p95 clips the rare spikes while leaving ~
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 from pathlib import Path
@@ -84,29 +83,3 @@ def histogram(values: list[float], bins: int = 12, width: int = 40) -> list[str]
     top = max(counts)
     return [f"{10 ** (lo + span * i / bins):>10.4g} | {'#' * round(width * c / top):<{width}} {c}"
             for i, c in enumerate(counts)]
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="trainer inspect-grads", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="probe length in optimizer steps (default 200)")
-    parser.add_argument("--from", dest="run_dir", type=Path, help="read an existing run's events instead of probing")
-    parser.add_argument("overrides", nargs="*", help="config overrides, as for trainer train")
-    args = parser.parse_args(argv)
-    norms, per_layer = from_run(args.run_dir) if args.run_dir else probe(args.overrides, args.steps)
-    a = analyse(norms)
-    source = f"{args.run_dir} (interval means)" if args.run_dir else f"a {args.steps}-step probe"
-    print(f"gradient norm (pre-clip, unscaled) over {a['n']} steps of {source}; {a['non-finite']} non-finite")
-    print("  " + "  ".join(f"p{q} {v:.4g}" for q, v in a["percentiles"].items()) + f"  max {a['max']:.4g}")
-    first, second = a["trend"]
-    print(f"  trend: median {first:.4g} in the first half, {second:.4g} in the second "
-          f"({'falling' if second < 0.9 * first else 'rising' if second > 1.1 * first else 'flat'})")
-    print("histogram (log scale):")
-    for line in histogram(norms):
-        print("  " + line)
-    if per_layer:
-        print("largest per-module gradient norms (last step):")
-        for name, value in sorted(per_layer.items(), key=lambda kv: -kv[1])[:5]:
-            print(f"  {value:>10.4g}  {name}")
-    print(f"suggested clip.max_norm={a['suggested']:.3g}: the p{SUGGEST_PERCENTILE:g} of the {a['settled']} norms after "
-          f"the first {SKIP_FRACTION:.0%} of steps, so about {100 - SUGGEST_PERCENTILE:g}% of steps would clip")
-    print("  trainer train " + " ".join([*args.overrides, "clip=norm", f"clip.max_norm={a['suggested']:.3g}"]))

@@ -6,12 +6,8 @@ them. The best run (lowest best eval loss) is marked.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -171,26 +167,3 @@ def print_table(rows: list[dict[str, object]]) -> None:
     if not console.is_terminal:
         console = Console(width=200)
     console.print(table)
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="trainer report", description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="run dirs, multirun dirs, or trees of them")
-    form = parser.add_mutually_exclusive_group()
-    form.add_argument("--csv", action="store_true", help="CSV on stdout")
-    form.add_argument("--json", action="store_true", help="JSON on stdout")
-    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the runs' curves into a PNG")
-    args = parser.parse_args(argv)
-    rows = report(args.paths)
-    if args.plot:
-        plot(args.paths, rows, args.plot)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif args.csv:
-        out = csv.DictWriter(sys.stdout, fieldnames=[*COLUMNS, "best"])
-        out.writeheader()
-        out.writerows(rows)
-    else:
-        print_table(rows)
-    if args.plot:
-        print(f"plot: {args.plot}")

@@ -1,0 +1,22 @@
+"""`trainer export RUN_DIR`: the newest checkpoint's weights as safetensors, with the model config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "export"
+USAGE = """\
+  export RUN_DIR [--out DIR]
+                          newest checkpoint's weights as safetensors, plus the model config"""
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="trainer export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/export)")
+    args = parser.parse_args(argv)
+    from trainer.export import export
+
+    out = export(args.run_dir, args.out)
+    print(f"exported: {out / 'model.safetensors'} and {out / 'config.json'}")

@@ -1,0 +1,39 @@
+"""`trainer report PATH...`: one row per run, read from its TensorBoard events."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+NAME = "report"
+USAGE = """\
+  report PATH... [--csv | --json] [--plot OUT.png]
+                          one row per run found under PATH: final/best eval loss, norms, clip fraction..."""
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="trainer report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run dirs, multirun dirs, or trees of them")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--csv", action="store_true", help="CSV on stdout")
+    form.add_argument("--json", action="store_true", help="JSON on stdout")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the runs' curves into a PNG")
+    args = parser.parse_args(argv)
+    from trainer.report import COLUMNS, plot, print_table, report
+
+    rows = report(args.paths)
+    if args.plot:
+        plot(args.paths, rows, args.plot)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        out = csv.DictWriter(sys.stdout, fieldnames=[*COLUMNS, "best"])
+        out.writeheader()
+        out.writerows(rows)
+    else:
+        print_table(rows)
+    if args.plot:
+        print(f"plot: {args.plot}")

@@ -1,0 +1,138 @@
+"""`trainer train [overrides]`: Hydra composes the config, then one run is built and trained.
+
+With trainer.nproc_per_node > 1 this process only launches: torch's elastic launcher starts the
+workers, which run this same command and train into the same run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from trainer import cli, config, ranks
+from trainer.config import CONF_DIR, ConfigError
+
+NAME = "train"
+USAGE = """\
+  train [overrides]       train with the composed config (Hydra overrides: key=value, group=option)
+  train -m [sweeps]       one job per combination (Hydra multirun), e.g. -m clip.max_norm=0.5,1,5
+  train --cfg job         print the composed config and exit
+  train --help            config groups and the composed config (Hydra's help)"""
+
+# Never part of a sweep job's dir name: long paths, and where the dirs themselves go.
+_NEVER_IN_NAMES = ["data.files", "hydra.run.dir", "hydra.sweep.dir"]
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def task(cfg: DictConfig) -> float:
+    """Hydra's task: build the run from cfg, train, and return the final eval loss (for sweepers)."""
+    # Imported here so that `trainer --help` and config errors stay fast.
+    from trainer import distributed
+    from trainer.build import build, preflight
+    from trainer.display import Display
+    from trainer.guard import Diverged
+    from trainer.loop import train
+    from trainer.preemption import Preempted
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.trainer.nproc_per_node > 1 and not ranks.is_worker():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+        try:
+            preflight(cfg)  # bad input is one line here, not one per worker
+        except Exception as e:
+            cli.fail(e)
+        print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
+        with cli.users_hydra_full_error():  # the workers report errors as the user asked
+            distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
+        # A sweeper (Optuna) minimises what the task returns: rank 0's result, from its summary.
+        return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
+    world = ranks.world()
+    try:
+        run = build(cfg)
+    except Exception as e:
+        # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
+        cli.fail(e)
+    display = Display(cfg.trainer.max_steps, quiet=not world.main)
+    display.start(cfg, run_dir, str(run.device) + (f" x {world.size} processes" if world.size > 1 else ""),
+                  sum(p.numel() for p in run.params))
+    for note in run.notes:
+        display.note(note)
+    try:
+        summary = train(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
+    except (Preempted, Diverged) as e:
+        if world.main:  # every rank stops at the same step for the same reason: say it once
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except ConfigError as e:  # a checkpoint that does not fit, found while resuming
+        cli.fail(e)
+    if world.main:  # for scripts, and for the launcher to hand a sweeper the objective
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    display.finish(summary, run_dir)
+    return summary["final eval loss"]
+
+
+def _value(text: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def run_settings(hydra_cfg: DictConfig) -> dict[str, object]:
+    """What this run chose: each config group's option, then each override (for the HPARAMS tab)."""
+    settings: dict[str, object] = {g: o for g, o in hydra_cfg.runtime.choices.items()
+                                   if not g.startswith("hydra") and o is not None}
+    for item in hydra_cfg.overrides.task:
+        key, _, value = item.lstrip("+~").partition("=")
+        if not key.startswith("hydra."):
+            settings[key] = _value(value)
+    return settings
+
+
+def name_jobs_by_sweep(args: list[str]) -> list[str]:
+    """In multirun, name each job's dir by its swept overrides only: all of them may be too long a name.
+
+    Hydra's own override parser decides which overrides sweep (a,b / range() / choice() / glob() ...).
+    """
+    if not {"-m", "--multirun"} & set(args) or any("override_dirname.exclude_keys" in a for a in args):
+        return args
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:  # a malformed override: Hydra itself reports it, in one line
+        return args
+    fixed = [o.key_or_group for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()]
+    excluded = ",".join(_NEVER_IN_NAMES + fixed)
+    # Next to the last override: argparse takes no overrides after trailing flags like --cfg hydra.
+    at = max((i + 1 for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=len(args))
+    return [*args[:at], f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]", *args[at:]]
+
+
+def main(argv: list[str]) -> None:
+    worker = ranks.is_worker()
+    if worker:
+        # Started by torchrun: join the group, and take rank 0's clock for the run dir's name.
+        import logging
+
+        from trainer import distributed
+
+        world = distributed.init()
+        config.started(distributed.shared_start_time())
+        if not world.main:  # quiet: rank 0 writes the dir's .hydra/ and train.log
+            argv = [*argv, "hydra.output_subdir=null"]
+            logging.getLogger("trainer").setLevel(logging.WARNING)
+    try:
+        cli.run_hydra(task, name_jobs_by_sweep(argv))
+        if worker:
+            distributed.finish()
+    except KeyboardInterrupt:  # the second Ctrl-C: the first one asked for a clean stop
+        print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before", file=sys.stderr)
+        sys.exit(130)
