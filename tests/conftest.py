@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import compose_config
-from trainer.report import read_scalars  # noqa: F401  (TensorBoard's own reader, for every test)
+from trainer.monitoring.report import read_scalars  # noqa: F401  (TensorBoard's own reader, for every test)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["+debug=tiny"]  # conf/debug/tiny.yaml: a 1-layer x 32 GPT on synthetic data

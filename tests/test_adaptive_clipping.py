@@ -10,7 +10,7 @@ from tests.conftest import TINY, make_config, read_scalars
 from trainer.adaptive_clipping import AGC, AutoClip, ZClip
 from trainer.build import build
 from trainer.controller import Controller
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 
 # A norm sequence with a calm start, a spike at index 30 and a smaller one at 36.

@@ -7,7 +7,7 @@ import torch
 from tests.conftest import TINY, make_config
 from trainer import bench
 from trainer.build import build
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import TINY, make_config
 from trainer.build import build, check_capabilities, param_groups
 from trainer.config import ConfigError
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 from trainer.schedule import cosine
 

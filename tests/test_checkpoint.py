@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY, make_config, read_scalars, run_cli
-from trainer import checkpoint, export, loop
+from trainer import loop
+from trainer.checkpointing import checkpoint, export
 from trainer.build import build
 from trainer.config import ConfigError
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 from trainer.preemption import Preempted
 from trainer.step import train_step
@@ -234,7 +235,7 @@ def test_shards_are_read_as_data_only(tmp_path):
     and reads a real checkpoint's weights back equal to what was saved."""
     import torch.distributed.checkpoint as dcp
 
-    from trainer import shards
+    from trainer.checkpointing import shards
 
     weights = {"w": torch.randn(3, 4), "b": torch.randn(4)}
     dcp.save({"model": weights, "optimizer": {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.95)}]}},

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY, read_scalars, run_cli
-from trainer import checkpoint
-from trainer.export import checkpoint_weights
+from trainer.checkpointing import checkpoint
+from trainer.checkpointing.export import checkpoint_weights
 
 pytestmark = pytest.mark.slow
 

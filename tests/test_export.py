@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY, make_config, run_cli
 from trainer.build import build
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 
 pytestmark = pytest.mark.slow

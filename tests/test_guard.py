@@ -8,7 +8,7 @@ import torch
 import tests.poison
 from tests.conftest import TINY, make_config, read_scalars
 from trainer.build import build
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.guard import Diverged, SpikeGuard
 from trainer.loop import train
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import TINY, run_cli
 from tests.poison import HalfNormalGradLM
-from trainer.inspect_grads import analyse
+from trainer.monitoring.inspect_grads import analyse
 
 ANALYTIC_P95 = HalfNormalGradLM.SIGMA * 1.959964  # half-normal p95 = sigma * Phi^-1(0.975)
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import TINY, make_config, read_scalars
 from trainer.build import build
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 
 pytestmark = pytest.mark.integration

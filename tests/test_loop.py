@@ -8,12 +8,13 @@ import pytest
 import torch
 
 import trainer
-from trainer import checkpoint, loop
+from trainer import loop
+from trainer.checkpointing import checkpoint
 from tests.conftest import TINY, make_config, read_scalars
 from trainer.build import build
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
-from trainer.metrics import Meter
+from trainer.monitoring.metrics import Meter
 from trainer.precision import Precision
 
 

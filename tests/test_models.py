@@ -8,7 +8,7 @@ import torch
 from tests.conftest import TINY, make_config, read_scalars
 from trainer.build import build
 from trainer.data.tokens import FIRST_REGULAR_ID, MASK_ID
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 from trainer.models import GPT, Bert
 

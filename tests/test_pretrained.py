@@ -11,7 +11,7 @@ import torch
 from tests.conftest import make_config, run_cli
 from tests.hf_folder import labelled_jsonl, tiny_bert
 from trainer.build import build
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.evaluate import classification_metrics
 from trainer.loop import train
 

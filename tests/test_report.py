@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import TINY, run_cli
-from trainer.report import plot, report
+from trainer.monitoring.report import plot, report
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from trainer import precision as P
 from trainer.clipping import NormClip
-from trainer.metrics import Meter
+from trainer.monitoring.metrics import Meter
 from trainer.models import GPT
 from trainer.step import train_step
 

@@ -24,7 +24,7 @@ import torch
 
 from trainer.build import Run, build
 from trainer.config import compose_config
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.loop import train
 from trainer.step import to_device
 

@@ -16,10 +16,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trainer.checkpointer import Checkpointer
+    from trainer.checkpointing.checkpointer import Checkpointer
     from trainer.data.stream import BatchStream
-    from trainer.display import Display
-    from trainer.logger import Logger
+    from trainer.monitoring.display import Display
+    from trainer.monitoring.logger import Logger
 
 
 class Diverged(Exception):

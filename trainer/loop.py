@@ -1,9 +1,10 @@
 """The training loop: after each optimizer step, one call per concern, in the order they happen.
 
 step (trainer/step.py) -> schedule -> meter -> at log steps: guard, controller, TensorBoard ->
-eval -> stop signal -> checkpoint. Each concern is its own component: Logger (logger.py),
-SpikeGuard (guard.py), steer (controller.py), evaluate and EvalHistory (evaluate.py),
-Checkpointer (checkpointer.py), Schedule (schedule.py), Meter (metrics.py).
+eval -> stop signal -> checkpoint. Each concern is its own component: Logger
+(monitoring/logger.py), Meter (monitoring/metrics.py), SpikeGuard (guard.py), steer
+(controller.py), evaluate and EvalHistory (evaluate.py), Checkpointer (checkpointing/checkpointer.py),
+Schedule (schedule.py).
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from pathlib import Path
 
 import torch
 
-from trainer import distributed, state
+from trainer import distributed
+from trainer.checkpointing import state
 from trainer.build import Run, unwrap
-from trainer.checkpointer import Checkpointer
+from trainer.checkpointing.checkpointer import Checkpointer
 from trainer.controller import steer
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.evaluate import EvalHistory, evaluate
 from trainer.guard import Diverged, SpikeGuard
-from trainer.layers import LayerProbe
-from trainer.logger import Logger, policy_metrics
-from trainer.metrics import Meter
+from trainer.monitoring.layers import LayerProbe
+from trainer.monitoring.logger import Logger, policy_metrics
+from trainer.monitoring.metrics import Meter
 from trainer.preemption import StopRequest
 from trainer.step import to_device, train_step
 

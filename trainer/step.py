@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from trainer.clipping import ClipResult
-from trainer.layers import LayerProbe
+from trainer.monitoring.layers import LayerProbe
 from trainer.precision import Precision
 
 

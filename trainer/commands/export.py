@@ -16,7 +16,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/export)")
     args = parser.parse_args(argv)
-    from trainer.export import export
+    from trainer.checkpointing.export import export
 
     out = export(args.run_dir, args.out)
     print(f"exported: {out / 'model.safetensors'} and {out / 'config.json'}")

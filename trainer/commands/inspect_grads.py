@@ -17,7 +17,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--from", dest="run_dir", type=Path, help="read an existing run's events instead of probing")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for trainer train")
     args = parser.parse_args(argv)
-    from trainer.inspect_grads import SKIP_FRACTION, SUGGEST_PERCENTILE, analyse, from_run, histogram, probe
+    from trainer.monitoring.inspect_grads import SKIP_FRACTION, SUGGEST_PERCENTILE, analyse, from_run, histogram, probe
 
     norms, per_layer = from_run(args.run_dir) if args.run_dir else probe(args.overrides, args.steps)
     a = analyse(norms)

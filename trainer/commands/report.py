@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     form.add_argument("--json", action="store_true", help="JSON on stdout")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the runs' curves into a PNG")
     args = parser.parse_args(argv)
-    from trainer.report import COLUMNS, plot, print_table, report
+    from trainer.monitoring.report import COLUMNS, plot, print_table, report
 
     rows = report(args.paths)
     if args.plot:

@@ -34,7 +34,7 @@ def task(cfg: DictConfig) -> float:
     # Imported here so that `trainer --help` and config errors stay fast.
     from trainer import distributed
     from trainer.build import build, preflight
-    from trainer.display import Display
+    from trainer.monitoring.display import Display
     from trainer.guard import Diverged
     from trainer.loop import train
     from trainer.preemption import Preempted

@@ -24,7 +24,8 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from trainer import checkpoint, distributed
+from trainer import distributed
+from trainer.checkpointing import checkpoint
 from trainer.config import ConfigError
 
 # Every global a DCP .metadata pickle refers to (listed from real checkpoints): DCP's own

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from trainer import checkpoint
+from trainer.checkpointing import checkpoint
 from trainer.config import ConfigError
 
 
@@ -19,7 +19,7 @@ def checkpoint_weights(path: Path, state: dict) -> dict:
         return state["model"]
     if (state.get("config") or {}).get("strategy", {}).get("kind") != "fsdp":
         raise ConfigError(f"checkpoint {path}: refused, it points at FSDP shards but was not written by an FSDP run")
-    from trainer import shards
+    from trainer.checkpointing import shards
 
     return shards.join_weights(shards_dir)
 

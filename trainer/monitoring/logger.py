@@ -15,7 +15,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from trainer.build import Run
 from trainer.guard import SpikeGuard
-from trainer.layers import LayerProbe
+from trainer.monitoring.layers import LayerProbe
 
 # The final metrics each run records for TensorBoard's HPARAMS tab and `trainer report`.
 HPARAM_METRICS = {

@@ -2,7 +2,7 @@
 
 Each component has ``state_dict``/``load_state_dict`` and is stored under its key. A checkpoint
 also holds the step, the resolved config and, under FSDP, the name of the shards dir that holds
-the weights and optimizer state instead (trainer/shards.py). The keys are those 0.1.0 wrote, so
+the weights and optimizer state instead (trainer/checkpointing/shards.py). The keys are those 0.1.0 wrote, so
 its checkpoints resume as they are (tests/fixtures/checkpoint-0.1.0).
 """
 
@@ -15,7 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from omegaconf import OmegaConf
 
-from trainer import checkpoint, distributed
+from trainer import distributed
+from trainer.checkpointing import checkpoint
 from trainer.build import Run, unwrap
 from trainer.config import ConfigError
 
@@ -111,7 +112,7 @@ def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: P
     """
     shards_dir = _check_fits(run, state, path)
     if shards_dir:
-        from trainer import shards
+        from trainer.checkpointing import shards
 
         shards.load(unwrap(run.model), run.optimizer, shards_dir)
     for name, part in parts.items():

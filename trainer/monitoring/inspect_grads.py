@@ -23,7 +23,7 @@ def probe(overrides: list[str], steps: int) -> tuple[list[float], dict[str, floa
     """Per-step pre-clip norms of `steps` real training steps, and per-module norms of the last one."""
     from trainer.build import build
     from trainer.config import compose_config
-    from trainer.layers import LayerProbe
+    from trainer.monitoring.layers import LayerProbe
     from trainer.step import to_device
     from trainer.step import train_step
 
@@ -43,7 +43,7 @@ def probe(overrides: list[str], steps: int) -> tuple[list[float], dict[str, floa
 
 def from_run(run_dir: Path) -> tuple[list[float], dict[str, float]]:
     """train/grad_norm (interval means) and the last layers/grad_norm/* values of an existing run."""
-    from trainer.report import read_scalars
+    from trainer.monitoring.report import read_scalars
 
     scalars = read_scalars(run_dir)
     if "train/grad_norm" not in scalars:

@@ -2,7 +2,7 @@
 on a stop signal, before the first step when the spike guard needs something to roll back to;
 resuming (checkpoint.resume) and the guard's rollbacks.
 
-What a checkpoint holds is trainer/state.py; writing the file atomically is trainer/checkpoint.py.
+What a checkpoint holds is trainer/checkpointing/state.py; writing the file atomically is trainer/checkpointing/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from trainer import checkpoint, distributed, state
+from trainer import distributed
+from trainer.checkpointing import checkpoint, state
 from trainer.build import Run, unwrap
 from trainer.config import run_dir_override
-from trainer.display import Display
+from trainer.monitoring.display import Display
 from trainer.preemption import Preempted
 
 
@@ -57,7 +58,7 @@ class Checkpointer:
         """Write the checkpoint of `step` (on every rank: each writes its shards, RNG gathers all ranks)."""
         shards_name = None
         if self.sharded:
-            from trainer import shards
+            from trainer.checkpointing import shards
 
             shards_name = shards.save(unwrap(self.run.model), self.run.optimizer, self.dir, step)
         saved = state.capture(self.parts, step, self.run.cfg, shards_name)
