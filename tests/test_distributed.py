@@ -162,7 +162,7 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes_exactly(tmp_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {stopped_at}" in resumed.stdout
 
-    train(tmp_path / "ref", *args[:-1], f"trainer.max_steps={end}")  # uninterrupted
+    train(tmp_path / "ref", *args[len(BASE):-1], f"trainer.max_steps={end}")  # uninterrupted (train adds BASE)
     ref, run = read_scalars(tmp_path / "ref")["train/loss"], read_scalars(run_dir)["train/loss"]
     after = [(s, v) for s, v in run if s > stopped_at]
     assert [s for s, _ in after] == [s for s, _ in ref if s > stopped_at] == [stopped_at + 5, end]

@@ -29,25 +29,34 @@ class ConfigError(ValueError):
     """A user-facing error: bad config or input. Reported as one line, no traceback."""
 
 
-def _checked(ok: Callable[[Any], bool], why: str) -> Any:
-    """A required field whose value must satisfy ok(); its default lives in the YAML."""
-    return field(default=MISSING, metadata={"check": (ok, why)})
+def _checked(ok: Callable[[Any], bool], why: str, doc: str) -> Any:
+    """A required field whose value must satisfy ok(); its default lives in the YAML, its doc in the README."""
+    return field(default=MISSING, metadata={"check": (ok, why), "doc": doc})
 
 
-def _positive() -> Any:
-    return _checked(lambda v: v > 0, "must be > 0")
+def _doc(doc: str) -> Any:
+    """A required field without a range; its default lives in the YAML."""
+    return field(default=MISSING, metadata={"doc": doc})
 
 
-def _non_negative() -> Any:
-    return _checked(lambda v: v >= 0, "must be >= 0")
+def _positive(doc: str) -> Any:
+    return _checked(lambda v: v > 0, "must be > 0", doc)
 
 
-def _fraction() -> Any:
-    return _checked(lambda v: 0 <= v < 1, "must be in [0, 1)")
+def _non_negative(doc: str) -> Any:
+    return _checked(lambda v: v >= 0, "must be >= 0", doc)
 
 
-def _open_unit() -> Any:
-    return _checked(lambda v: 0 < v < 1, "must be in (0, 1)")
+def _fraction(doc: str) -> Any:
+    return _checked(lambda v: 0 <= v < 1, "must be in [0, 1)", doc)
+
+
+def _open_unit(doc: str) -> Any:
+    return _checked(lambda v: 0 < v < 1, "must be in (0, 1)", doc)
+
+
+def _percentile(doc: str) -> Any:
+    return _checked(lambda v: 0 < v <= 100, "must be in (0, 100]", doc)
 
 
 # ---------------------------------------------------------------- model
@@ -56,114 +65,124 @@ class ModelConfig:
     """Keys every model gets as keyword arguments (a `_target_` model too)."""
 
     _target_: str = MISSING
-    num_layers: int = _positive()
-    hidden_size: int = _positive()
-    num_heads: int = _positive()
-    intermediate_size: int = _positive()
-    dropout: float = _fraction()
-    max_seq_len: int = _positive()
-    # None: the data's vocabulary size (the tokenizer decides it).
-    vocab_size: Optional[int] = _positive()
+    num_layers: int = _positive("transformer blocks")
+    hidden_size: int = _positive("width; must be divisible by `num_heads`")
+    num_heads: int = _positive("attention heads")
+    intermediate_size: int = _positive("MLP width")
+    dropout: float = _fraction("dropout on embeddings, attention and residual branches, in [0, 1)")
+    max_seq_len: int = _positive("position embeddings; `data.seq_len` must not exceed it")
+    vocab_size: Optional[int] = _positive("`null`: the data's vocabulary size (its tokenizer's); else at least that")
 
 
 @dataclass
 class BertConfig(ModelConfig):
     _target_: str = MISSING
-    mask_prob: float = _open_unit()
-    task: str = MISSING  # the top-level task (mlm for auto)
-    # A Hugging Face-format folder: its config.json sets the architecture, its weights are loaded.
-    pretrained: Optional[str] = MISSING
-    type_vocab_size: int = _positive()
-    layer_norm_eps: float = _positive()
-    # None: from the data (its tokenizer's [MASK]; its number of labels).
-    mask_token_id: Optional[int] = _non_negative()
-    num_labels: Optional[int] = _checked(lambda v: v >= 2, "must be >= 2")
+    mask_prob: float = _open_unit("share of real positions (not padding or special tokens) masked; of those "
+                                  "80% → [MASK], 10% random, 10% kept")
+    task: str = _doc("the top-level `task`, resolved (`auto` is `mlm`): set `task`, not this")
+    pretrained: Optional[str] = _doc("a Hugging Face-format folder on disk (see \"Fine-tuning a pretrained BERT\"): "
+                                     "its `config.json` sets the architecture keys, its `model.safetensors` the weights")
+    type_vocab_size: int = _positive("token types (segments), as BERT's `config.json`")
+    layer_norm_eps: float = _positive("LayerNorm epsilon, as BERT's `config.json`")
+    mask_token_id: Optional[int] = _non_negative("`null`: the data tokenizer's [MASK]")
+    num_labels: Optional[int] = _checked(lambda v: v >= 2, "must be >= 2", "`null`: the number of labels in the data")
 
 
 # ---------------------------------------------------------------- data
 @dataclass
 class DataConfig:
     _target_: str = MISSING
-    batch_size: int = _positive()
-    seq_len: int = _positive()
-    num_workers: int = _non_negative()
-    # None: pin host memory when training on CUDA.
-    pin_memory: Optional[bool] = MISSING
+    batch_size: int = _positive("sequences per micro-batch (per process)")
+    seq_len: int = _positive("tokens per sequence (`jsonl`/`csv`: the truncation length; batches are padded to "
+                             "their longest record)")
+    num_workers: int = _non_negative("DataLoader worker processes")
+    pin_memory: Optional[bool] = _doc("`null`: pin host memory when training on CUDA")
 
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
     _target_: str = MISSING
-    vocab_size: int = _checked(lambda v: v > 3, "must be > 3")
-    num_samples: int = _positive()
-    eval_samples: int = _positive()
-    noise: float = _fraction()
+    vocab_size: int = _checked(lambda v: v > 3, "must be > 3", "tokens in the generated task")
+    num_samples: int = _positive("training sequences")
+    eval_samples: int = _positive("held-out sequences")
+    noise: float = _fraction("chance a token is random instead of its fixed successor")
 
 
 @dataclass
 class TextDataConfig(DataConfig):
     _target_: str = MISSING
-    # A glob; '**' recurses. The default is the Python standard library's own source.
-    files: str = MISSING
-    # For .jsonl files: the field holding the text.
-    text_field: str = MISSING
-    val_fraction: float = _open_unit()
+    files: str = _doc("a glob (`**` recurses) of plain-text or `.jsonl` files; the default is the Python "
+                      "standard library's own source")
+    text_field: str = _doc("the field holding the text (in `.jsonl` lines or records)")
+    val_fraction: float = _open_unit("the share held out for eval: the tail of the token stream (`text`); "
+                                     "a seeded sample of `train_file`'s records when there is no `eval_file`")
 
 
 @dataclass
 class LabelledDataConfig(DataConfig):
     _target_: str = MISSING
-    train_file: str = MISSING
-    eval_file: Optional[str] = MISSING  # None: hold out val_fraction of train_file
-    text_field: str = MISSING
-    text_pair_field: Optional[str] = MISSING
-    label_field: Optional[str] = MISSING  # None: unlabelled text (task=mlm)
-    # A folder with tokenizer.json or vocab.txt; None: the byte tokenizer. Default: model.pretrained.
-    tokenizer: Optional[str] = MISSING
-    val_fraction: float = _open_unit()
+    train_file: str = _doc("the training records (`.jsonl`: one JSON object per line; `.csv`: a header row)")
+    eval_file: Optional[str] = _doc("held-out records; `null`: hold out `val_fraction` of `train_file`")
+    text_field: str = _doc("the field holding the text (in `.jsonl` lines or records)")
+    text_pair_field: Optional[str] = _doc("a second text field: the pair is encoded as `[CLS] a [SEP] b [SEP]` "
+                                          "with token types")
+    label_field: Optional[str] = _doc("the label field; `null`: unlabelled text (masked LM)")
+    tokenizer: Optional[str] = _doc("a folder with `tokenizer.json` or `vocab.txt` (default: `model.pretrained`); "
+                                    "`null`: bytes")
+    val_fraction: float = _open_unit("the share held out for eval: the tail of the token stream (`text`); "
+                                     "a seeded sample of `train_file`'s records when there is no `eval_file`")
 
 
 # ---------------------------------------------------------------- optim / sched
+_LR = "peak learning rate"
+_DECAY = "weight decay (decoupled for AdamW, L2 for SGD), on matrices only: not biases or norm gains"
+_FUSED = "torch's fused kernels; they also skip a non-finite step on the device without a host sync"
+
+
 @dataclass
 class AdamWConfig:
     _target_: str = MISSING
-    lr: float = _positive()
-    weight_decay: float = _non_negative()
-    betas: List[float] = MISSING
-    eps: float = _positive()
-    fused: bool = MISSING
+    lr: float = _positive(_LR)
+    weight_decay: float = _non_negative(_DECAY)
+    betas: List[float] = _doc("Adam's β1, β2")
+    eps: float = _positive("Adam's ε")
+    fused: bool = _doc(_FUSED)
 
 
 @dataclass
 class SGDConfig:
     _target_: str = MISSING
-    lr: float = _positive()
-    momentum: float = _fraction()
-    weight_decay: float = _non_negative()
-    nesterov: bool = MISSING
-    fused: bool = MISSING
+    lr: float = _positive(_LR)
+    momentum: float = _fraction("momentum")
+    weight_decay: float = _non_negative(_DECAY)
+    nesterov: bool = _doc("Nesterov momentum")
+    fused: bool = _doc(_FUSED)
+
+
+_WARMUP = "linear warm-up steps"
 
 
 @dataclass
 class CosineConfig:
     _target_: str = MISSING
-    warmup_steps: int = _non_negative()
-    min_lr_ratio: float = _checked(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    warmup_steps: int = _non_negative(_WARMUP)
+    min_lr_ratio: float = _checked(lambda v: 0 <= v <= 1, "must be in [0, 1]",
+                                   "final lr = ratio × `optim.lr`, reached at `trainer.max_steps`")
 
 
 @dataclass
 class ConstantConfig:
     _target_: str = MISSING
-    warmup_steps: int = _non_negative()
+    warmup_steps: int = _non_negative(_WARMUP)
 
 
 @dataclass
 class PlateauConfig:
     _target_: str = MISSING
-    factor: float = _open_unit()
-    patience: int = _non_negative()
-    threshold: float = _non_negative()
-    min_lr: float = _non_negative()
+    factor: float = _open_unit("lr × this when `eval/loss` has stalled (ReduceLROnPlateau)")
+    patience: int = _non_negative("evals without improvement before the lr drops")
+    threshold: float = _non_negative("relative improvement that counts")
+    min_lr: float = _non_negative("the lr never drops below this")
 
 
 # ---------------------------------------------------------------- amp / clip
@@ -175,59 +194,64 @@ class AmpConfig:
 @dataclass
 class FP16Config(AmpConfig):
     _target_: str = MISSING
-    init_scale: float = _positive()
-    growth_factor: float = _checked(lambda v: v > 1, "must be > 1")
-    backoff_factor: float = _open_unit()
-    growth_interval: int = _positive()
-    min_scale: float = _positive()
+    init_scale: float = _positive("initial loss scale")
+    growth_factor: float = _checked(lambda v: v > 1, "must be > 1", "scale × this after `growth_interval` finite steps")
+    backoff_factor: float = _open_unit("scale × this after a non-finite step")
+    growth_interval: int = _positive("finite steps before the scale grows")
+    min_scale: float = _positive("below this loss scale the run stops: training has diverged")
 
 
 def _valid_norm_type(v: float) -> bool:
     return v > 0 and not math.isnan(v)
 
 
+_CONTROLLER = "(with `controller`) "
+
+
 @dataclass
 class NormClipConfig:
     _target_: str = MISSING
-    max_norm: float = _positive()
-    norm_type: float = _checked(_valid_norm_type, "must be > 0 or inf (2, 1, inf)")
-    controller: bool = MISSING
-    patience: int = _positive()
-    lr_factor: float = _open_unit()
-    relax_after: int = _positive()
-    percentile: float = _checked(lambda v: 0 < v <= 100, "must be in (0, 100]")
-    warmup_steps: int = _non_negative()
+    max_norm: float = _positive("the total norm of all gradients together is scaled down to at most this")
+    norm_type: float = _checked(_valid_norm_type, "must be > 0 or inf (2, 1, inf)", "2, 1 or `inf` (any p > 0)")
+    controller: bool = _doc("the threshold/LR controller (see \"Choosing a clipping policy\")")
+    patience: int = _positive(_CONTROLLER + "steps in a row with norm > 0.9 × max_norm before the LR is lowered")
+    lr_factor: float = _open_unit(_CONTROLLER + "the LR is multiplied by this")
+    relax_after: int = _positive(_CONTROLLER + "steps without clipping before max_norm moves; also the window of "
+                                 "recent norms")
+    percentile: float = _percentile(_CONTROLLER + "max_norm moves to this percentile of the recent norms")
+    warmup_steps: int = _non_negative(_CONTROLLER + "steps before the controller may relax max_norm")
 
 
 @dataclass
 class ZClipConfig:
     _target_: str = MISSING
-    alpha: float = _open_unit()
-    z_thresh: float = _positive()
-    warmup_steps: int = _positive()
-    eps: float = _positive()
-    max_norm: Optional[float] = _positive()
+    alpha: float = _open_unit("EMA factor of the norm's mean and variance")
+    z_thresh: float = _positive("z-score above which a norm is clipped")
+    warmup_steps: int = _positive("steps whose norms seed the statistics")
+    eps: float = _positive("added to the std")
+    max_norm: Optional[float] = _positive("an optional fixed cap on top; `null` for none")
 
 
 @dataclass
 class AutoClipConfig:
     _target_: str = MISSING
-    percentile: float = _checked(lambda v: 0 < v <= 100, "must be in (0, 100]")
-    history: int = _positive()
+    percentile: float = _percentile("the total norm is clipped to this percentile of all norms seen")
+    history: int = _positive("norms remembered (a ring buffer on the device)")
 
 
 @dataclass
 class AGCConfig:
     _target_: str = MISSING
-    clipping: float = _positive()
-    eps: float = _positive()
-    exclude: List[str] = MISSING
+    clipping: float = _positive("a unit's gradient norm is kept ≤ this × its weight norm")
+    eps: float = _positive("floor of a unit's weight norm")
+    exclude: List[str] = _doc("parameter-name patterns left unclipped, e.g. `'[head.*]'` (the paper leaves the "
+                              "classifier out)")
 
 
 @dataclass
 class ValueClipConfig:
     _target_: str = MISSING
-    clip_value: float = _positive()
+    clip_value: float = _positive("each gradient element is clamped to ±this")
 
 
 @dataclass
@@ -244,16 +268,16 @@ class Device(enum.Enum):
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = _positive()
-    grad_accum: int = _positive()
-    device: Device = MISSING
-    seed: int = MISSING
-    log_every: int = _positive()
-    eval_every: int = _positive()
-    eval_batches: int = _positive()
-    compile: bool = MISSING
-    # >1: `trainer train` starts this many workers on this node through torch's elastic launcher.
-    nproc_per_node: int = _positive()
+    max_steps: int = _positive("optimizer steps")
+    grad_accum: int = _positive("micro-batches per optimizer step")
+    device: Device = _doc("`auto` (CUDA if present), `cpu`, `cuda`")
+    seed: int = _doc("seeds python, torch, the data shuffle and the synthetic data")
+    log_every: int = _positive("steps per TensorBoard/terminal log interval")
+    eval_every: int = _positive("steps between evals; eval also runs after the last step")
+    eval_batches: int = _positive("held-out batches per eval (fewer if the set is smaller)")
+    compile: bool = _doc("`torch.compile` the model")
+    nproc_per_node: int = _positive("> 1: `trainer train` starts this many workers on this node through torch's "
+                                    "elastic launcher (see \"Many GPUs and nodes\")")
 
 
 # ---------------------------------------------------------------- strategy
@@ -266,36 +290,63 @@ class StrategyKind(enum.Enum):
 
 @dataclass
 class StrategyConfig:
-    kind: StrategyKind = MISSING
+    kind: StrategyKind = _doc("set by the option")
 
 
 @dataclass
 class FSDPConfig(StrategyConfig):
-    # True: free each block's gathered parameters after its forward (ZeRO-3); False: keep them (ZeRO-2).
-    reshard_after_forward: bool = MISSING
+    reshard_after_forward: bool = _doc("free each block's gathered parameters after its forward (ZeRO-3); "
+                                       "`false` keeps them for the backward (ZeRO-2)")
 
 
 # ---------------------------------------------------------------- checkpoint
 @dataclass
 class CheckpointConfig:
-    every: int = _non_negative()  # 0: only at the end and on preemption
-    keep_last: int = _positive()
-    dir: Optional[str] = MISSING  # None: <run dir>/checkpoints
-    resume: str = MISSING  # none | auto | path to a checkpoint file
+    every: int = _non_negative("steps between checkpoints; 0: only at the end and on preemption")
+    keep_last: int = _positive("newest checkpoints kept; older ones are deleted")
+    dir: Optional[str] = _doc("`null`: `<run dir>/checkpoints`")
+    resume: str = _doc("`none`, `auto` (newest loadable checkpoint in `checkpoint.dir`; fresh start if none), "
+                       "or a checkpoint file")
 
 
 @dataclass
 class GuardConfig:
-    spike: bool = MISSING
-    window: int = _checked(lambda v: v >= 5, "must be >= 5")
-    threshold: float = _positive()
-    nonfinite_steps: int = _positive()
-    max_rollbacks: int = _non_negative()
+    spike: bool = _doc("the loss-spike guard (see \"The loss-spike guard\"); needs `checkpoint.every` to be a "
+                       "multiple of `trainer.log_every`")
+    window: int = _checked(lambda v: v >= 5, "must be >= 5", "good per-step losses the mean and standard "
+                           "deviation are taken over")
+    threshold: float = _positive("a loss above mean + threshold × std is a spike")
+    nonfinite_steps: int = _positive("this many non-finite losses in a row also trigger a rollback")
+    max_rollbacks: int = _non_negative("after this many rollbacks the run stops instead")
 
 
 @dataclass
 class LogConfig:
-    per_layer: bool = MISSING
+    per_layer: bool = _doc("log each module's gradient norm (`layers/grad_norm/<module>`, pre-clip) and "
+                           "update/weight ratio (`layers/update_ratio/<module>`) at log steps; no cost on other "
+                           "steps or when off")
+
+
+# What each group's options are, for the README's key table (trainer/keys.py renders it).
+GROUP_DOCS = {
+    "model": "`gpt`: decoder-only LM (causal, next-token loss), 4 layers × 128, pre-norm. `bert`: BERT-base "
+             "(12 × 768, 12 heads, 3072), layer for layer as Hugging Face's BertModel (post-norm, token-type "
+             "embeddings), masked LM or classifier (see `task`)",
+    "data": "`text`: files on disk as one byte-token stream; `synthetic`: a generated learnable task; "
+            "`jsonl`/`csv`: one record per line or row, for `bert` (classification or masked LM)",
+    "optim": "torch's AdamW and SGD",
+    "sched": "LR schedule: `cosine` (warm-up, cosine decay), `constant` (warm-up, then flat), `plateau` "
+             "(ReduceLROnPlateau on `eval/loss`; patience counts evals)",
+    "amp": "`bf16`/`fp16`: autocast to that dtype; only `fp16` uses a GradScaler",
+    "clip": "gradient clipping policy (see \"Choosing a clipping policy\")",
+    "trainer": "the loop",
+    "strategy": "with more than one process: `auto` and `ddp` wrap the model in DDP, `fsdp` shards it with "
+                "FSDP2 (see \"Many GPUs and nodes\"); with one process, none of them changes anything",
+    "checkpoint": "checkpoints and resume (see \"Checkpoints, resume and preemption\")",
+    "guard": "the loss-spike guard",
+    "log": "extra logging",
+}
+TOP_LEVEL_DOCS = {"task": "`auto`: `lm` for `gpt`, `mlm` for `bert`; `classification` (`bert` with labelled data)"}
 
 
 SCHEMAS = {
