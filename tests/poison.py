@@ -68,3 +68,21 @@ class HalfNormalGradLM(BigramLM):
     def forward(self, input_ids):
         z = torch.randn(())
         return self.out.bias[0] * z * self.SIGMA + 0.0 * super().forward(input_ids).detach()
+
+
+class NanLM(BigramLM):
+    """Training forward calls NAN_CALLS (1-based) give a NaN loss: a run of non-finite steps."""
+
+    NAN_CALLS: tuple[int, ...] = ()
+
+    def __init__(self, **keys):
+        super().__init__(**keys)
+        self.calls = 0
+
+    def forward(self, input_ids):
+        loss = super().forward(input_ids)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.NAN_CALLS:
+                return loss * float("nan")
+        return loss

@@ -26,8 +26,8 @@ def test_spike_is_judged_against_the_running_window():
 def test_no_verdict_before_half_a_window_and_nan_runs():
     guard = SpikeGuard(window=10, threshold=3.0, nonfinite_steps=2, max_rollbacks=1)
     assert guard.bad_steps([1, 2, 3], [5.0, 1.0, 50.0]) == []  # too little history to judge
-    assert guard.bad_steps([4, 5, 6], [math.nan, 1.0, math.inf]) == []  # not two in a row
-    assert guard.bad_steps([7, 8], [math.nan, math.inf]) == [7, 8]
+    assert guard.bad_steps([4, 5, 6], [math.nan, 1.0, math.inf]) == []  # not two in a row (yet)
+    assert guard.bad_steps([7, 8], [math.nan, math.inf]) == [6, 7]  # the run goes on across calls
 
 
 GUARDED = [*TINY, "model._target_=tests.poison.PoisonableLM", "data._target_=tests.poison.PoisonedData",
@@ -80,3 +80,41 @@ def test_fp16_stops_when_the_loss_scale_collapses(tmp_path):
                       "amp.min_scale=1", "trainer.max_steps=50", "trainer.log_every=5")
     with pytest.raises(Diverged, match=r"loss scale 0.25 fell below amp.min_scale=1 at step 5"):
         train(build(cfg), tmp_path, Display(50, quiet=True))
+
+
+@pytest.mark.unit
+def test_a_run_of_non_finite_losses_counts_across_log_intervals():
+    """With trainer.log_every=1 each check sees one loss; a run crossing a boundary is one run."""
+    one_per_interval = SpikeGuard(window=10, threshold=3.0, nonfinite_steps=3, max_rollbacks=1)
+    assert [one_per_interval.check(s, [math.nan]) for s in (1, 2)] == [{}, {}]
+    assert list(one_per_interval.check(3, [math.nan])) == [1, 2, 3]
+
+    crossing = SpikeGuard(window=10, threshold=3.0, nonfinite_steps=3, max_rollbacks=1)
+    for step in (1, 2):
+        crossing.record(step, (0, step))
+    assert crossing.check(2, [1.0, math.nan]) == {}
+    assert crossing.positions == {2: [(0, 2)]}  # kept: step 2 may still turn out bad
+    restored = SpikeGuard(window=10, threshold=3.0, nonfinite_steps=3, max_rollbacks=1)
+    restored.load_state_dict(crossing.state_dict())  # a checkpoint inside the run
+    assert restored.nonfinite == [2] and restored.positions == {2: [(0, 2)]}
+    for step in (3, 4):
+        restored.record(step, (0, step))
+    assert list(restored.check(4, [math.nan, math.nan])) == [2, 3, 4]
+    assert sorted(restored.positions) == [2, 3, 4]  # every bad step's batches can be skipped
+
+    finite_breaks_it = SpikeGuard(window=10, threshold=3.0, nonfinite_steps=3, max_rollbacks=1)
+    assert finite_breaks_it.check(2, [math.nan, math.nan]) == {}
+    assert finite_breaks_it.check(4, [1.0, math.nan]) == {} and finite_breaks_it.nonfinite == [4]
+
+
+@pytest.mark.integration
+def test_nan_steps_one_per_log_interval_trigger_a_rollback(tmp_path, monkeypatch):
+    """trainer.log_every=1: three NaN steps in a row are three checks of one loss each."""
+    monkeypatch.setattr(tests.poison.NanLM, "NAN_CALLS", (12, 13, 14))
+    cfg = make_config(*TINY, "model._target_=tests.poison.NanLM", "trainer.max_steps=20", "trainer.log_every=1",
+                      "trainer.eval_every=20", "checkpoint.every=5", "guard.spike=true", "guard.nonfinite_steps=3")
+    summary = train(build(cfg), tmp_path, Display(20, quiet=True))
+    assert summary["rollbacks"] == 1
+    losses = dict(read_scalars(tmp_path)["train/loss"])
+    assert sorted(losses) == list(range(1, 21))  # the undone steps 11-14 were redone: one value each
+    assert all(math.isfinite(v) for v in losses.values())

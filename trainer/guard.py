@@ -35,7 +35,11 @@ class SpikeGuard:
         self.max_rollbacks = max_rollbacks
         self.history: deque[float] = deque(maxlen=window)
         self.rollbacks = 0
-        self.positions: dict[int, list[tuple[int, int]]] = {}  # this interval's batch positions, by step
+        # The current run of non-finite losses (its steps): it may span log intervals (or be one step
+        # per interval with trainer.log_every=1), so it lives here, not in one check.
+        self.nonfinite: list[int] = []
+        # Batch positions, by step, of the steps not yet judged good: this interval's and the run's.
+        self.positions: dict[int, list[tuple[int, int]]] = {}
 
     @classmethod
     def from_config(cls, g: Any) -> "SpikeGuard | None":
@@ -51,9 +55,9 @@ class SpikeGuard:
         losses; empty if none."""
         first = last_step - len(losses) + 1
         bad = self.bad_steps(list(range(first, last_step + 1)), losses)
-        if not bad:
-            self.positions.clear()
-        return {s: losses[s - first] for s in bad}
+        if not bad:  # judged good, but for a run of non-finite losses that may still grow
+            self.positions = {s: p for s, p in self.positions.items() if s in self.nonfinite}
+        return {s: losses[s - first] if s >= first else math.nan for s in bad}
 
     def roll_back(self, bad: dict[int, float], checkpointer: "Checkpointer", batches: "BatchStream",
                   logger: "Logger", display: "Display") -> int:
@@ -68,6 +72,7 @@ class SpikeGuard:
         step = checkpointer.restore_latest()  # restores this guard too
         batches.skip, self.rollbacks = skip, rollbacks
         self.positions.clear()
+        self.nonfinite = []  # the checkpoint may be from inside the run; its batches are skipped now
         logger.restarted_at(step)
         display.note(f"loss {bad[first]:.4g} at step {first}: rolled back to step {step}, skipping "
                      f"its batches (rollback {self.rollbacks}/{self.max_rollbacks})")
@@ -75,14 +80,14 @@ class SpikeGuard:
 
     def bad_steps(self, steps: list[int], losses: list[float]) -> list[int]:
         """The steps to undo among these (empty if none); good losses join the history."""
-        nonfinite: list[int] = []
         for step, loss in zip(steps, losses, strict=True):
             if not math.isfinite(loss):
-                nonfinite.append(step)
-                if len(nonfinite) >= self.nonfinite_steps:
-                    return nonfinite
+                self.nonfinite.append(step)
+                if len(self.nonfinite) >= self.nonfinite_steps:
+                    bad, self.nonfinite = self.nonfinite, []
+                    return bad
                 continue
-            nonfinite = []
+            self.nonfinite = []
             if self.is_spike(loss):
                 return [step]
             self.history.append(loss)
@@ -95,9 +100,12 @@ class SpikeGuard:
         return loss > mean + self.threshold * max(std, 1e-3 * abs(mean))
 
     def state_dict(self) -> dict[str, object]:
-        return {"history": list(self.history), "rollbacks": self.rollbacks}
+        return {"history": list(self.history), "rollbacks": self.rollbacks, "nonfinite": list(self.nonfinite),
+                "positions": {s: [list(p) for p in ps] for s, ps in self.positions.items() if s in self.nonfinite}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.history.clear()
         self.history.extend(state["history"])
         self.rollbacks = state["rollbacks"]
+        self.nonfinite = list(state.get("nonfinite", []))  # 0.1.0 checkpoints have neither
+        self.positions = {s: [tuple(p) for p in ps] for s, ps in state.get("positions", {}).items()}
