@@ -262,3 +262,16 @@ def test_a_checkpoint_written_by_release_0_1_0_resumes_exactly(tmp_path):
     got = read_scalars(tmp_path)
     for tag, values in expected["after_resume"].items():
         assert {str(s): v for s, v in got[tag]} == pytest.approx(values, rel=1e-6), tag
+
+
+@pytest.mark.integration
+def test_a_fresh_start_in_a_dir_with_events_logs_each_step_once(tmp_path):
+    """Killed before its first checkpoint, then `checkpoint.resume=auto`: nothing to resume, so it
+    starts at step 1 again, and TensorBoard must drop the first attempt's steps."""
+    first = make_config(*TINY, "trainer.max_steps=4", "trainer.log_every=1", f"checkpoint.dir={tmp_path / 'lost'}")
+    train(build(first), tmp_path, Display(4, quiet=True))  # its checkpoint is elsewhere: as good as never written
+    again = make_config(*TINY, "trainer.max_steps=6", "trainer.log_every=1", "checkpoint.resume=auto",
+                        f"checkpoint.dir={tmp_path / 'ck'}")
+    train(build(again), tmp_path, Display(6, quiet=True))
+    steps = [s for s, _ in read_scalars(tmp_path)["train/loss"]]
+    assert steps == [1, 2, 3, 4, 5, 6]

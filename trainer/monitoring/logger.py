@@ -34,8 +34,9 @@ class Logger:
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
-            # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint.
-            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
+            # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint, or
+            # (a fresh start in a dir a killed run left events in) everything it logged.
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1)
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
 
     def should_log(self, step: int) -> bool:
