@@ -1,9 +1,11 @@
 """Nothing lost: atomic checkpoints, exact resume after kill -9 and SIGTERM, safe loading."""
 
+import hashlib
 import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,7 +101,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
         pickle.dump({"model": print}, f, protocol=2)  # unpickling would resolve a callable
     torch.save({"hook": subprocess.Popen}, tmp_path / "step_00000002.pt")
     for p in (path, tmp_path / "step_00000002.pt"):
-        with pytest.raises(ConfigError, match="refused|unreadable"):
+        with pytest.raises(ConfigError, match="refused|not a checkpoint"):
             checkpoint.load(p)
     with pytest.raises(ConfigError, match="refused"):
         checkpoint.load(tmp_path / "step_00000002.pt")
@@ -128,7 +130,9 @@ def test_auto_never_picks_a_truncated_or_half_written_file(tmp_path, monkeypatch
     monkeypatch.undo()
     (tmp_path / ".step_00000003.pt.tmp-99999").write_bytes(b"left by a killed run")
     checkpoint.save(tmp_path, 4, {"w": torch.zeros(1)}, keep_last=5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.pt", "step_00000002.pt", "step_00000004.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.pt", "step_00000001.pt.sha256", "step_00000002.pt",
+                                                          "step_00000002.pt.sha256", "step_00000004.pt",
+                                                          "step_00000004.pt.sha256"]
 
 
 @pytest.mark.integration
@@ -136,7 +140,8 @@ def test_keep_last_and_no_temporary_files_after_a_normal_exit(tmp_path):
     cfg = make_config(*TINY, "trainer.max_steps=10", "checkpoint.every=2", "checkpoint.keep_last=2",
                       f"checkpoint.dir={tmp_path / 'ck'}")
     train(build(cfg), tmp_path, Display(10, quiet=True))
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000008.pt", "step_00000010.pt"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000008.pt", "step_00000008.pt.sha256",
+                                                                   "step_00000010.pt", "step_00000010.pt.sha256"]
 
 
 @pytest.mark.integration
@@ -217,6 +222,8 @@ def test_a_checkpoint_pointing_at_crafted_shards_never_runs_code(tmp_path, where
     state.update(model=None, optimizer=None, shards=str(crafted) if where == "absolute" else crafted.name)
     state["config"]["strategy"]["kind"] = "fsdp"  # as an FSDP run would have written it
     torch.save(state, ck / "step_00000002.pt")  # plain data: weights_only loading accepts it
+    digest = hashlib.sha256((ck / "step_00000002.pt").read_bytes()).hexdigest()
+    (ck / "step_00000002.pt.sha256").write_text(f"{digest}  step_00000002.pt\n")  # as its crafter would
 
     for resume in ("auto", str(ck / "step_00000002.pt")):
         cfg = make_config(*TINY, "trainer.max_steps=4", f"checkpoint.resume={resume}")
@@ -275,3 +282,93 @@ def test_a_fresh_start_in_a_dir_with_events_logs_each_step_once(tmp_path):
     train(build(again), tmp_path, Display(6, quiet=True))
     steps = [s for s, _ in read_scalars(tmp_path)["train/loss"]]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def _real_state() -> dict:
+    """What a checkpoint holds, in miniature: weights, AdamW state after a step, plain data."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    return {"step": 7, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "config": {"optim": {"lr": 3e-4}}, "eval_losses": [2.5, 2.25]}
+
+
+@pytest.mark.unit
+def test_a_flipped_byte_anywhere_is_caught_by_the_checksum(tmp_path):
+    """torch's zip reader checks no CRCs: most one-byte flips load as changed tensors. With the
+    checksum written beside each checkpoint, none of them loads."""
+    good = checkpoint.save(tmp_path / "ck", 7, _real_state(), keep_last=1)
+    data = good.read_bytes()
+    rng = random.Random(0)
+    loaded_by_torch = loaded_by_us = 0
+    for i in range(40):
+        corrupt = bytearray(data)
+        corrupt[rng.randrange(len(data))] ^= rng.randrange(1, 256)
+        bad = tmp_path / f"flip{i}" / good.name
+        bad.parent.mkdir()
+        bad.write_bytes(bytes(corrupt))
+        shutil.copy(checkpoint.checksum_path(good), checkpoint.checksum_path(bad))
+        try:
+            torch.load(bad, weights_only=True)
+            loaded_by_torch += 1
+        except Exception:
+            pass
+        with pytest.raises(ConfigError, match="corrupt|not a checkpoint|unreadable") as e:
+            checkpoint.load(bad)
+            loaded_by_us += 1
+        assert "\n" not in str(e.value)
+    assert loaded_by_us == 0
+    assert loaded_by_torch > 20  # without the checksum, the flips go unnoticed (the reason for it)
+
+
+@pytest.mark.unit
+def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path):
+    older = checkpoint.save(tmp_path, 10, _real_state(), keep_last=5)
+    cases = {
+        "step_00000020.pt": (b"", "empty file"),
+        "step_00000021.pt": (b"just some notes\n", "not a checkpoint"),
+        "step_00000022.pt": (b"model:\n  num_layers: 2\n", "not a checkpoint"),
+        "step_00000023.pt": (b'{"text": "a record"}\n', "not a checkpoint"),
+    }
+    for name, (content, why) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ConfigError, match=why) as e:
+            checkpoint.load(tmp_path / name)
+        assert "pickled code" not in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "step_00000030.pt").mkdir()  # a directory with a checkpoint's name
+    with pytest.raises(ConfigError, match="a directory, not a checkpoint file"):
+        checkpoint.load(tmp_path / "step_00000030.pt")
+
+    said = []
+    path, state = checkpoint.latest(tmp_path, skipped=said.append)  # resume=auto falls back past them all
+    assert path == older and state["step"] == 7
+    assert [line.split(":")[0] for line in said] == [f"skipping checkpoint {tmp_path / n}" for n in sorted(cases, reverse=True)]
+
+    checkpoint.save(tmp_path, 40, _real_state(), keep_last=1)  # rotation passes the directory by
+    assert (tmp_path / "step_00000030.pt").is_dir() and (tmp_path / "step_00000040.pt").is_file()
+    assert not older.exists() and not checkpoint.checksum_path(older).exists()
+
+
+@pytest.mark.integration
+def test_resume_and_export_with_a_corrupt_newest_checkpoint(tmp_path, capsys):
+    """resume=auto says on the terminal that it skips it and takes the one before; resume=PATH and
+    export refuse it, in one line."""
+    common = [*TINY, "trainer.log_every=1", "checkpoint.every=2", "checkpoint.keep_last=2"]
+    train(build(make_config(*common, "trainer.max_steps=4")), tmp_path, Display(4, quiet=True))
+    newest = tmp_path / "checkpoints" / "step_00000004.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    newest.write_bytes(bytes(data))
+
+    with pytest.raises(ConfigError, match="corrupt"):
+        export.export(tmp_path)
+    with pytest.raises(ConfigError, match="corrupt"):
+        train(build(make_config(*common, "trainer.max_steps=6", f"checkpoint.resume={newest}")), tmp_path,
+              Display(6, quiet=True))
+    capsys.readouterr()
+    train(build(make_config(*common, "trainer.max_steps=6", "checkpoint.resume=auto")), tmp_path,
+          Display(6, interactive=False))
+    out = capsys.readouterr().out
+    assert f"skipping checkpoint {newest}: corrupt" in out
+    assert "resumed from" in out and "at step 2" in out

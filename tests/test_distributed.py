@@ -211,10 +211,11 @@ def test_fsdp_equals_one_process_and_checkpoints_shards_that_resume_exactly(tmp_
     assert_same_run(tmp_path / "one", tmp_path / "ref", 10)
     train(tmp_path / "run", *fsdp, "trainer.max_steps=5")
     ckpt = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000005.pt", "step_00000005.shards"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000005.pt", "step_00000005.pt.sha256", "step_00000005.shards"]
     assert len(list((ckpt / "step_00000005.shards").glob("*.distcp"))) == 2  # one file per rank
     train(tmp_path / "run", *fsdp, "trainer.max_steps=10", "checkpoint.resume=auto")
-    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000010.pt", "step_00000010.shards"]  # keep_last
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000010.pt", "step_00000010.pt.sha256",
+                                                       "step_00000010.shards"]  # keep_last
     ref, run = read_scalars(tmp_path / "ref")["train/loss"], read_scalars(tmp_path / "run")["train/loss"]
     resumed = {s: v for s, v in run if s > 5}
     for step, value in ref[5:]:

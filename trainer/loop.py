@@ -38,8 +38,9 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     t = run.cfg.trainer
     meter, history, guard = Meter(run.device, t.log_every), EvalHistory(), SpikeGuard.from_config(run.cfg.guard)
     probe = LayerProbe(unwrap(run.model)) if run.cfg.log.per_layer else None
-    checkpointer = Checkpointer(run, run_dir, state.components(run, meter=meter, eval_losses=history, guard=guard))
-    step = checkpointer.resume(display)
+    parts = state.components(run, meter=meter, eval_losses=history, guard=guard)
+    checkpointer = Checkpointer(run, run_dir, parts, display)
+    step = checkpointer.resume()
     logger = Logger(run, run_dir, step, distributed.world().main)  # rank 0 alone writes
     if guard:
         checkpointer.ensure_one(step)  # something to roll back to before the first checkpoint is due

@@ -20,30 +20,30 @@ from trainer.preemption import Preempted
 
 
 class Checkpointer:
-    def __init__(self, run: Run, run_dir: Path, parts: dict[str, state.Stateful]):
+    def __init__(self, run: Run, run_dir: Path, parts: dict[str, state.Stateful], display: Display):
         c = run.cfg.checkpoint
-        self.run, self.run_dir, self.parts = run, run_dir, parts
+        self.run, self.run_dir, self.parts, self.display = run, run_dir, parts, display
         self.dir = Path(c.dir) if c.dir else run_dir / "checkpoints"
         self.every, self.keep_last, self.resume_from = c.every, c.keep_last, c.resume
         self.max_steps = run.cfg.trainer.max_steps
         self.sharded = state.sharded(run)
 
-    def resume(self, display: Display) -> int:
+    def resume(self) -> int:
         """Restore what checkpoint.resume asks for (none, the newest loadable in the dir, or a file);
         return the step to go on from (0 for a fresh start)."""
         if self.resume_from == "none":
             return 0
         if self.resume_from == "auto":
-            found = checkpoint.latest(self.dir)
+            found = checkpoint.latest(self.dir, skipped=self.display.note)
             if found is None:
-                display.print(f"checkpoint.resume=auto: no checkpoint in {self.dir}, starting fresh")
+                self.display.print(f"checkpoint.resume=auto: no checkpoint in {self.dir}, starting fresh")
                 return 0
             path, saved = found
         else:
             path = Path(self.resume_from)
             saved = checkpoint.load(path)
         step = self._restore(path, saved)
-        display.print(f"resumed from {path} at step {step}")
+        self.display.print(f"resumed from {path} at step {step}")
         return step
 
     def _restore(self, path: Path, saved: dict[str, Any]) -> int:
@@ -52,7 +52,7 @@ class Checkpointer:
 
     def restore_latest(self) -> int:
         """Restore the newest checkpoint in the dir (a rollback); return its step."""
-        return self._restore(*checkpoint.latest(self.dir))
+        return self._restore(*checkpoint.latest(self.dir, skipped=self.display.note))
 
     def save(self, step: int) -> Path:
         """Write the checkpoint of `step` (on every rank: each writes its shards, RNG gathers all ranks)."""

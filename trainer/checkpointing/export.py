@@ -30,10 +30,11 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     if not cfg_file.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     ckpt_dir = OmegaConf.load(cfg_file).checkpoint.dir or run_dir / "checkpoints"
-    found = checkpoint.latest(Path(ckpt_dir))
-    if found is None:
-        raise ConfigError(f"{run_dir}: no loadable checkpoint in {ckpt_dir}")
-    path, state = found
+    files = checkpoint.checkpoints(Path(ckpt_dir))
+    if not files:
+        raise ConfigError(f"{run_dir}: no checkpoint in {ckpt_dir}")
+    path = files[-1]  # the newest, as it is: a bad one is refused, not passed over for an older one
+    state = checkpoint.load(path)
     out = out or run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.contiguous() for k, v in checkpoint_weights(path, state).items()}

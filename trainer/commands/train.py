@@ -34,6 +34,7 @@ def task(cfg: DictConfig) -> float:
     # Imported here so that `trainer --help` and config errors stay fast.
     from trainer import distributed
     from trainer.build import build, preflight
+    from trainer.checkpointing.checkpoint import CheckpointWriteError
     from trainer.monitoring.display import Display
     from trainer.guard import Diverged
     from trainer.loop import train
@@ -64,7 +65,7 @@ def task(cfg: DictConfig) -> float:
         display.note(note)
     try:
         summary = train(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
-    except (Preempted, Diverged) as e:
+    except (Preempted, Diverged, CheckpointWriteError) as e:
         if world.main:  # every rank stops at the same step for the same reason: say it once
             print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
