@@ -1,5 +1,6 @@
 """Nothing lost: atomic checkpoints, exact resume after kill -9 and SIGTERM, safe loading."""
 
+import errno
 import hashlib
 import json
 import os
@@ -372,3 +373,42 @@ def test_resume_and_export_with_a_corrupt_newest_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"skipping checkpoint {newest}: corrupt" in out
     assert "resumed from" in out and "at step 2" in out
+
+
+@pytest.mark.integration
+def test_a_full_disk_stops_the_run_in_one_line_with_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    common = [*TINY, "trainer.max_steps=6", "checkpoint.every=2", f"checkpoint.dir={tmp_path / 'ck'}"]
+    saves = []
+    real_save = torch.save
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(checkpoint.CheckpointWriteError) as e:
+        train(build(make_config(*common)), tmp_path, Display(6, quiet=True))
+    monkeypatch.undo()
+    message = str(e.value)
+    assert "\n" not in message and f"checkpoint.dir={tmp_path / 'ck'}" in message
+    assert "writing step_00000004.pt failed: No space left on device (ENOSPC)" in message
+    assert "step_00000002.pt, is intact" in message
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000002.pt", "step_00000002.pt.sha256"]
+    assert checkpoint.load(tmp_path / "ck" / "step_00000002.pt")["step"] == 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key", ["checkpoint.dir", "hydra.run.dir"])
+def test_a_dir_that_cannot_be_written_is_refused_before_the_first_step(tmp_path, monkeypatch, key):
+    blocked = tmp_path / "a-file" / "dir"  # under a regular file: mkdir fails (as root, too)
+    (tmp_path / "a-file").write_text("")
+    steps = []
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: steps.append(1))
+    ck = blocked if key == "checkpoint.dir" else tmp_path / "ck"
+    run_dir = blocked if key == "hydra.run.dir" else tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"^{key}={blocked}: cannot write there \(Not a directory\)$"):
+        train(build(make_config(*TINY, f"checkpoint.dir={ck}")), run_dir, Display(4, quiet=True))
+    assert steps == []

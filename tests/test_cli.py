@@ -79,6 +79,8 @@ BAD_INPUTS = [
     (["strategy=zero3"], "strategy=zero3"),
     (["strategy=fsdp", "amp=fp16"], "strategy=fsdp"),
     (["trainer.nproc_per_node=0"], "trainer.nproc_per_node"),
+    # probed before the first step: refused at once, not at the first checkpoint
+    (["checkpoint.dir=/dev/null/ck"], "checkpoint.dir=/dev/null/ck: cannot write there (Not a directory)"),
     (["model=bert", "task=classification", "data=jsonl", "data.train_file=/no/such.jsonl", "data.label_field=label"],
      "data.train_file=/no/such.jsonl: no such file"),
     # checked by the launcher before it starts any worker: one line, not one per rank

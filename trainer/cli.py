@@ -36,6 +36,8 @@ def one_line(e: BaseException) -> str | None:
     """The user-facing one-line message for a config or input error; None for anything else (a bug)."""
     if isinstance(e, ConfigError):
         return str(e)
+    if isinstance(e, OSError) and e.filename:  # a path the user gave that cannot be made or written
+        return f"{e.filename}: {e.strerror or e}"
     if isinstance(e, MissingConfigException):
         m = re.search(r"Could not find '([^']+)/([^']+)'", str(e))
         if m and e.options:

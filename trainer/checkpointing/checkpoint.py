@@ -70,6 +70,18 @@ def shards_dir(ckpt: Path, state: dict[str, Any]) -> Path | None:
     return directory
 
 
+def probe_writable(directory: Path, key: str) -> None:
+    """Create directory and write, fsync and remove a file in it, so that a dir that cannot take the
+    run's files fails now, in one line naming key, not at the first checkpoint after hours of steps."""
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_synced(probe, lambda f: f.write(b"ok"))
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{key}={directory}: cannot write there ({e.strerror or e})") from None
+
+
 def checksum_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name + ".sha256")
 

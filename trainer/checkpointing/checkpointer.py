@@ -27,6 +27,9 @@ class Checkpointer:
         self.every, self.keep_last, self.resume_from = c.every, c.keep_last, c.resume
         self.max_steps = run.cfg.trainer.max_steps
         self.sharded = state.sharded(run)
+        if distributed.world().main:  # refused before training, not at the first save
+            checkpoint.probe_writable(run_dir, "hydra.run.dir")
+            checkpoint.probe_writable(self.dir, "checkpoint.dir")
 
     def resume(self) -> int:
         """Restore what checkpoint.resume asks for (none, the newest loadable in the dir, or a file);
