@@ -94,12 +94,13 @@ def bad_input_runs(tmp_path_factory):
     Python start-up, and one after another they would cost the suite a minute more."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(case):
-        run_dir = tmp_path_factory.mktemp("bad")
+    def one(case, run_dir):
         return run_dir, run_cli("train", *case[0], f"hydra.run.dir={run_dir}")
 
+    # mktemp is not thread-safe (pytest's numbered dirs): make them all before the threads start
+    run_dirs = [tmp_path_factory.mktemp("bad") for _ in BAD_INPUTS]
     with ThreadPoolExecutor(3) as pool:
-        return dict(zip((" ".join(o) for o, _ in BAD_INPUTS), pool.map(one, BAD_INPUTS)))
+        return dict(zip((" ".join(o) for o, _ in BAD_INPUTS), pool.map(one, BAD_INPUTS, run_dirs)))
 
 
 @pytest.mark.slow
