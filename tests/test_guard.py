@@ -118,3 +118,35 @@ def test_nan_steps_one_per_log_interval_trigger_a_rollback(tmp_path, monkeypatch
     losses = dict(read_scalars(tmp_path)["train/loss"])
     assert sorted(losses) == list(range(1, 21))  # the undone steps 11-14 were redone: one value each
     assert all(math.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.slow
+def test_a_stop_signal_mid_interval_checks_the_interval_before_it_checkpoints(tmp_path, monkeypatch):
+    """SIGTERM during step 23, two steps after the poisoned step 21 and before the guard's log step
+    25: the checkpoint must not hold the unchecked spike. The guard checks 21-23 at once, rolls back
+    to 20, redoes step 21 without the poisoned batch, and only then checkpoints and stops; the
+    resumed run ends where the uninterrupted guarded run ends."""
+    import os
+    import signal
+
+    from trainer import loop
+    from trainer.preemption import Preempted
+    from trainer.step import train_step
+
+    guarded = ["guard.spike=true", "guard.window=10"]
+    reference = run(tmp_path / "ref", monkeypatch, *guarded)
+    calls = []
+
+    def signalled_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 23:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", signalled_step)
+    with pytest.raises(Preempted, match="after step 21;"):
+        run(tmp_path / "run", monkeypatch, *guarded)
+    monkeypatch.setattr(loop, "train_step", train_step)
+    resumed = run(tmp_path / "run", monkeypatch, *guarded, "checkpoint.resume=auto")
+    assert resumed["rollbacks"] == 1
+    assert resumed["final eval loss"] == pytest.approx(reference["final eval loss"], rel=1e-6)

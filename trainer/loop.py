@@ -59,6 +59,10 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                 run.schedule.after_step()
                 meter.add(result, samples, tokens)
                 display.step(step)
+                if guard and stop.signum and stop.processes == 1:
+                    # A checkpoint is due now: the guard checks what it would hold first. (With more
+                    # processes a stop waits for a log step, which the guard checks anyway.)
+                    log_step = True
                 if log_step:
                     metrics, per_step = meter.read()  # the interval's one wait for the device
                     if guard and (bad := guard.check(step, per_step["loss"])):
