@@ -412,3 +412,46 @@ def test_a_dir_that_cannot_be_written_is_refused_before_the_first_step(tmp_path,
     with pytest.raises(ConfigError, match=rf"^{key}={blocked}: cannot write there \(Not a directory\)$"):
         train(build(make_config(*TINY, f"checkpoint.dir={ck}")), run_dir, Display(4, quiet=True))
     assert steps == []
+
+
+@pytest.mark.slow
+def test_one_writer_per_run_dir_and_a_dead_writers_lock_is_taken_over(tmp_path):
+    live = start(*TINY, "trainer.max_steps=100000", "trainer.log_every=100", f"hydra.run.dir={tmp_path}")
+    try:
+        deadline = time.time() + 60
+        while not list(tmp_path.glob("events.out.tfevents.*")):
+            assert live.poll() is None and time.time() < deadline, live.communicate()
+            time.sleep(0.05)
+        hydra_files = {p.name: p.read_bytes() for p in (tmp_path / ".hydra").iterdir()}
+        second = run_cli("train", *TINY, "trainer.max_steps=5", f"hydra.run.dir={tmp_path}")
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"error: hydra.run.dir={tmp_path}: another trainer run (pid {live.pid}) is writing there; wait for it "
+            "to end, or choose another dir"]
+        assert {p.name: p.read_bytes() for p in (tmp_path / ".hydra").iterdir()} == hydra_files
+        assert live.poll() is None  # the live run goes on
+    finally:
+        live.kill()
+        live.communicate()
+    taken_over = run_cli("train", *TINY, "trainer.max_steps=5", f"hydra.run.dir={tmp_path}")
+    assert taken_over.returncode == 0, taken_over.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_refused_command_leaves_the_run_and_the_outputs_dir_as_they_were(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cli("train", *TINY, "trainer.max_steps=2", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    refused = run_cli("train", *TINY, "trainer.max_steps=4", "model.hidden_size=64", "checkpoint.resume=auto",
+                      f"hydra.run.dir={run_dir}")
+    assert refused.returncode == 2 and "model.hidden_size=32, but the config says 64" in refused.stderr
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    # .hydra/, config.yaml, events, checkpoints as they were (train.log gains the refusal's time;
+    # .lock holds whoever last held the lock, the refused command too, for a moment)
+    kept = lambda files: {k: v for k, v in files.items() if k.name not in ("train.log", ".lock")}  # noqa: E731
+    assert kept(after) == kept(before) and (run_dir / ".hydra" / "overrides.yaml") in [run_dir / k for k in after]
+    # A config error in a new run: Hydra's timestamped dir is not left behind, empty.
+    bad = run_cli("train", "clip.max_norm=0", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert not (tmp_path / "outputs").exists()

@@ -68,7 +68,7 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accu
     events = sorted(p.name for p in (tmp_path / "two").rglob("events.out.tfevents.*"))
     assert len(events) == 1, events
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        ".hydra", "checkpoints", "config.yaml", events[0], "summary.json", "train.log"]
+        ".hydra", ".lock", "checkpoints", "config.yaml", events[0], "summary.json", "train.log"]
 
 
 def test_torchrun_ranks_agree_on_one_timestamped_run_dir(tmp_path):

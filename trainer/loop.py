@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -30,10 +31,12 @@ from trainer.preemption import StopRequest
 from trainer.step import to_device, train_step
 
 
-def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] | None = None) -> dict[str, object]:
+def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] | None = None,
+          on_start: Callable[[], None] | None = None) -> dict[str, object]:
     """Train to trainer.max_steps optimizer steps; log to TensorBoard in run_dir; return the summary.
 
-    hparams (the run's settings) are recorded with the final metrics for TensorBoard's HPARAMS tab.
+    hparams (the run's settings) are recorded with the final metrics for TensorBoard's HPARAMS tab;
+    on_start runs once the run is accepted (resumed, or starting fresh), before anything is written.
     """
     t = run.cfg.trainer
     meter, history, guard = Meter(run.device, t.log_every), EvalHistory(), SpikeGuard.from_config(run.cfg.guard)
@@ -41,6 +44,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     parts = state.components(run, meter=meter, eval_losses=history, guard=guard)
     checkpointer = Checkpointer(run, run_dir, parts, display)
     step = checkpointer.resume()
+    if on_start and distributed.world().main:
+        on_start()
     logger = Logger(run, run_dir, step, distributed.world().main)  # rank 0 alone writes
     if guard:
         checkpointer.ensure_one(step)  # something to roll back to before the first checkpoint is due

@@ -7,12 +7,13 @@ workers, which run this same command and train into the same run dir.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainer import cli, config, ranks
 from trainer.config import CONF_DIR, ConfigError
@@ -35,18 +36,33 @@ def task(cfg: DictConfig) -> float:
     from trainer import distributed
     from trainer.build import build, preflight
     from trainer.checkpointing.checkpoint import CheckpointWriteError
+    from trainer.checkpointing.lock import RunLock
     from trainer.monitoring.display import Display
     from trainer.guard import Diverged
     from trainer.loop import train
     from trainer.preemption import Preempted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # Hydra made the dir and opened train.log in it; nothing else is there if this run is new.
+    fresh = all(p.name == "train.log" and p.stat().st_size == 0 for p in run_dir.iterdir())
+    hydra_files = _hydra_files(cfg)  # as composed, before build resolves keys into cfg
+
+    def refuse(e: BaseException) -> None:
+        """One line and exit 2 (cli.fail); a dir this command made and left empty goes with it."""
+        if fresh and ranks.world().main:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            parent, here = run_dir.parent.resolve(), Path.cwd().resolve()
+            while here in parent.parents and not any(parent.iterdir()):  # outputs/DATE, if now empty
+                parent.rmdir()
+                parent = parent.parent
+        cli.fail(e)
+
     if cfg.trainer.nproc_per_node > 1 and not ranks.is_worker():
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
         try:
             preflight(cfg)  # bad input is one line here, not one per worker
         except Exception as e:
-            cli.fail(e)
+            refuse(e)
         print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
         with cli.users_hydra_full_error():  # the workers report errors as the user asked
             distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
@@ -54,27 +70,45 @@ def task(cfg: DictConfig) -> float:
         return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
     world = ranks.world()
     try:
+        lock = RunLock(run_dir) if world.main else None  # one writer per run dir
         run = build(cfg)
     except Exception as e:
         # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
-        cli.fail(e)
+        refuse(e)
     display = Display(cfg.trainer.max_steps, quiet=not world.main)
     display.start(cfg, run_dir, str(run.device) + (f" x {world.size} processes" if world.size > 1 else ""),
                   sum(p.numel() for p in run.params))
     for note in run.notes:
         display.note(note)
     try:
-        summary = train(run, run_dir, display, hparams=run_settings(HydraConfig.get()))
+        summary = train(run, run_dir, display, hparams=run_settings(HydraConfig.get()),
+                        on_start=lambda: _write_hydra_files(run_dir, hydra_files))
     except (Preempted, Diverged, CheckpointWriteError) as e:
         if world.main:  # every rank stops at the same step for the same reason: say it once
             print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except ConfigError as e:  # a checkpoint that does not fit, found while resuming
-        cli.fail(e)
+        refuse(e)
     if world.main:  # for scripts, and for the launcher to hand a sweeper the objective
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     display.finish(summary, run_dir)
+    if lock:
+        lock.release()
     return summary["final eval loss"]
+
+
+def _hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """What Hydra writes into RUN_DIR/.hydra/ (hydra.output_subdir is null: trainer writes it, once
+    the run is accepted): the composed config, Hydra's own, and the command-line overrides."""
+    hydra_cfg = HydraConfig.get()
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
+
+
+def _write_hydra_files(run_dir: Path, files: dict[str, str]) -> None:
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    for name, text in files.items():
+        (run_dir / ".hydra" / name).write_text(text)
 
 
 def _value(text: str) -> object:
@@ -128,7 +162,6 @@ def main(argv: list[str]) -> None:
         world = distributed.init()
         config.started(distributed.shared_start_time())
         if not world.main:  # quiet: rank 0 writes the dir's .hydra/ and train.log
-            argv = [*argv, "hydra.output_subdir=null"]
             logging.getLogger("trainer").setLevel(logging.WARNING)
     try:
         cli.run_hydra(task, name_jobs_by_sweep(argv))
