@@ -179,3 +179,16 @@ def test_sweep_job_names_leave_out_what_hydras_parser_says_is_not_swept():
     assert keys == ["data.files", "hydra.run.dir", "hydra.sweep.dir", "debug", "model.hidden_size", "data.text_field"]
     assert named[-2:] == ["--cfg", "job"]  # trailing flags stay last
     assert name_jobs_by_sweep(args[1:]) == args[1:]  # not a multirun: untouched
+
+
+@pytest.mark.slow
+def test_an_invalid_job_does_not_stop_the_sweep(tmp_path):
+    out = run_cli("train", "-m", "clip.max_norm=0,1", *TINY, "trainer.max_steps=3", "trainer.log_every=1",
+                  f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    said = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert said == ["error: job 0_clip.max_norm=0: clip.max_norm=0.0: must be > 0",
+                    "error: 1 of 2 jobs failed: 0_clip.max_norm=0"]
+    assert [s for s, _ in read_scalars(tmp_path / "1_clip.max_norm=1")["train/loss"]] == [1, 2, 3]  # it ran
+    assert not (tmp_path / "0_clip.max_norm=0").exists()  # the refused job leaves no empty dir

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import cli, config, ranks
@@ -29,6 +30,19 @@ USAGE = """\
 _NEVER_IN_NAMES = ["data.files", "hydra.run.dir", "hydra.sweep.dir"]
 
 
+class JobFailed(Exception):
+    """A job of a sweep failed (its line is printed): Hydra records it and runs the other jobs."""
+
+
+_sweep: dict[str, list[str]] = {"jobs": [], "failed": []}  # this process's sweep jobs, by dir name
+
+
+def _job_failed(run_dir: Path, message: str) -> None:
+    print(f"error: job {run_dir.name}: {message}", file=sys.stderr)
+    _sweep["failed"].append(run_dir.name)
+    raise JobFailed(message)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def task(cfg: DictConfig) -> float:
     """Hydra's task: build the run from cfg, train, and return the final eval loss (for sweepers)."""
@@ -43,6 +57,9 @@ def task(cfg: DictConfig) -> float:
     from trainer.preemption import Preempted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep:
+        _sweep["jobs"].append(run_dir.name)
     # Hydra made the dir and opened train.log in it; nothing else is there if this run is new.
     fresh = all(p.name == "train.log" and p.stat().st_size == 0 for p in run_dir.iterdir())
     hydra_files = _hydra_files(cfg)  # as composed, before build resolves keys into cfg
@@ -55,6 +72,9 @@ def task(cfg: DictConfig) -> float:
             while here in parent.parents and not any(parent.iterdir()):  # outputs/DATE, if now empty
                 parent.rmdir()
                 parent = parent.parent
+        message = None if cli.FULL_ERROR else cli.one_line(e)
+        if sweep and message is not None:  # the sweep goes on with the other jobs
+            _job_failed(run_dir, message)
         cli.fail(e)
 
     if cfg.trainer.nproc_per_node > 1 and not ranks.is_worker():
@@ -64,8 +84,13 @@ def task(cfg: DictConfig) -> float:
         except Exception as e:
             refuse(e)
         print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
-        with cli.users_hydra_full_error():  # the workers report errors as the user asked
-            distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
+        try:
+            with cli.users_hydra_full_error():  # the workers report errors as the user asked
+                distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
+        except SystemExit as stop:
+            if sweep and stop.code in (1, 2):  # a failed job, not a stop signal (128 + signal)
+                _job_failed(run_dir, f"its workers exited with code {stop.code} (their lines are above)")
+            raise
         # A sweeper (Optuna) minimises what the task returns: rank 0's result, from its summary.
         return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
     world = ranks.world()
@@ -84,6 +109,8 @@ def task(cfg: DictConfig) -> float:
         summary = train(run, run_dir, display, hparams=run_settings(HydraConfig.get()),
                         on_start=lambda: _write_hydra_files(run_dir, hydra_files))
     except (Preempted, Diverged, CheckpointWriteError) as e:
+        if sweep and not isinstance(e, Preempted):  # a stop signal stops the sweep; a failed job does not
+            _job_failed(run_dir, str(e))
         if world.main:  # every rank stops at the same step for the same reason: say it once
             print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -167,6 +194,10 @@ def main(argv: list[str]) -> None:
         cli.run_hydra(task, name_jobs_by_sweep(argv))
         if worker:
             distributed.finish()
+    except JobFailed:  # Hydra ran every job, then raised the first failure
+        failed, jobs = _sweep["failed"], _sweep["jobs"]
+        print(f"error: {len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:  # the second Ctrl-C: the first one asked for a clean stop
         print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before", file=sys.stderr)
         sys.exit(130)
