@@ -3,9 +3,11 @@
 import errno
 import hashlib
 import json
+import math
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -455,3 +457,53 @@ def test_a_refused_command_leaves_the_run_and_the_outputs_dir_as_they_were(tmp_p
     bad = run_cli("train", "clip.max_norm=0", cwd=tmp_path)
     assert bad.returncode == 2
     assert not (tmp_path / "outputs").exists()
+
+
+def _first_run(tmp_path, *extra):
+    train(build(make_config(*TINY, "trainer.max_steps=4", "trainer.log_every=1", *extra)), tmp_path, Display(4, quiet=True))
+
+
+@pytest.mark.integration
+def test_resume_with_new_optimizer_settings_follows_the_config(tmp_path, capsys):
+    """optim.lr, weight_decay and betas changed on resume apply from the resumed step on; the cosine
+    schedule goes on at step 4 from the new base lr (reference: the cosine formula by hand)."""
+    _first_run(tmp_path, "sched.warmup_steps=2")
+    run = build(make_config(*TINY, "trainer.max_steps=6", "trainer.log_every=1", "sched.warmup_steps=2",
+                            "checkpoint.resume=auto", "optim.lr=1e-3", "optim.weight_decay=0.0", "optim.betas=[0.8,0.9]"))
+    train(run, tmp_path, Display(6, interactive=False))
+    factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (4 - 2) / (6 - 2)))  # min_lr_ratio 0.1, step 4 of 6
+    assert dict(read_scalars(tmp_path)["train/lr"])[5] == pytest.approx(1e-3 * factor, rel=1e-6)
+    decayed, not_decayed = run.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.0 and not_decayed["weight_decay"] == 0.0
+    assert decayed["betas"] == (0.8, 0.9) and not_decayed["betas"] == (0.8, 0.9)
+    out = capsys.readouterr().out
+    assert "resume: optim.lr 0.0003 -> 0.001" in out and "resume: optim.weight_decay 0.1 -> 0.0" in out
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("before, after, said", [
+    (["clip=norm"], ["clip=zclip", "clip.warmup_steps=2"], "clip._target_ trainer.clipping.NormClip -> trainer.adaptive_clipping.ZClip"),
+    (["clip=none"], ["clip=norm"], "clip._target_ trainer.clipping.NoClip -> trainer.clipping.NormClip"),
+    (["clip=norm"], ["clip.max_norm=0.05"], "clip.max_norm 1.0 -> 0.05"),
+])
+def test_resume_with_another_clip_policy_or_threshold_starts_it_from_the_config(tmp_path, capsys, before, after, said):
+    _first_run(tmp_path, *before)
+    train(build(make_config(*TINY, "trainer.max_steps=6", "trainer.log_every=1", "checkpoint.resume=auto", *after)),
+          tmp_path, Display(6, interactive=False))
+    assert said in capsys.readouterr().out
+    if "clip.max_norm=0.05" in after:  # the new threshold holds from the first resumed step
+        clipped = dict(read_scalars(tmp_path)["train/grad_norm_clipped"])
+        assert clipped[5] <= 0.05 + 1e-6 and clipped[6] <= 0.05 + 1e-6
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("change, message", [
+    ("data.batch_size=4", "data.batch_size=8, but the config says 4: that moves the data position"),
+    ("trainer.seed=1", "trainer.seed=0, but the config says 1"),
+    ("sched=plateau", "a per-step schedule and one stepped by the eval loss cannot continue each other"),
+])
+def test_resume_refuses_changes_it_cannot_follow(tmp_path, change, message):
+    _first_run(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(build(make_config(*TINY, "trainer.max_steps=6", "checkpoint.resume=auto", change)), tmp_path,
+              Display(6, quiet=True))

@@ -50,7 +50,7 @@ class Checkpointer:
         return step
 
     def _restore(self, path: Path, saved: dict[str, Any]) -> int:
-        state.restore(self.run, self.parts, saved, path)
+        state.restore(self.run, self.parts, saved, path, say=self.display.note)
         return saved["step"]
 
     def restore_latest(self) -> int:

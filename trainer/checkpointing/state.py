@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from omegaconf import OmegaConf
 
 from trainer import distributed
-from trainer.checkpointing import checkpoint
+from trainer.checkpointing import changes, checkpoint
 from trainer.build import Run, unwrap
 from trainer.config import ConfigError
 
@@ -78,7 +78,7 @@ def _section(container: dict, dotted: str) -> Any:
     return container
 
 
-def _check_fits(run: Run, state: dict[str, Any], path: Path) -> Path | None:
+def _check_fits(run: Run, state: dict[str, Any], path: Path, current: dict) -> Path | None:
     """Refuse, naming the key, a checkpoint this run cannot continue; return its shards dir, if any.
     Runs before anything is loaded: shards are followed only by a sharded run."""
     shards_dir = checkpoint.shards_dir(path, state)
@@ -88,7 +88,6 @@ def _check_fits(run: Run, state: dict[str, Any], path: Path) -> Path | None:
     if sharded(run) and not shards_dir:
         raise ConfigError(f"checkpoint {path} holds whole weights, not FSDP shards; resume with the "
                           "strategy it was written with")
-    current = OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True)
     for dotted in _MUST_MATCH:
         saved, now = _section(state["config"], dotted), _section(current, dotted)
         if saved == now:
@@ -105,17 +104,31 @@ def _check_fits(run: Run, state: dict[str, Any], path: Path) -> Path | None:
     return shards_dir
 
 
-def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: Path) -> None:
+def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: Path,
+            say: Callable[[str], None] = print) -> None:
     """Load a checkpoint into every part; one that does not fit is a ConfigError naming the file and part.
+    Where the config changed since, it wins or is refused (trainer/checkpointing/changes.py); `say`
+    tells the user what it changed.
 
     An empty entry ({}: the part had no state when it was written, e.g. no guard then) leaves the part fresh.
     """
-    shards_dir = _check_fits(run, state, path)
+    current = OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True)
+    shards_dir = _check_fits(run, state, path, current)
+    saved = state["config"]
+    changes.refuse_changes(saved, current, state.get("scheduler") or {}, run.schedule.on_eval, str(path))
+    fresh = set()
+    if why := changes.clip_starts_fresh(saved, current):
+        fresh.add("clip")
+        say(f"resume: {why}")
+    if changes.schedule_starts_fresh(run, saved, current):
+        fresh.add("scheduler")
     if shards_dir:
         from trainer.checkpointing import shards
 
         shards.load(unwrap(run.model), run.optimizer, shards_dir)
     for name, part in parts.items():
+        if name in fresh:
+            continue
         if name not in state:
             raise ConfigError(f"checkpoint {path}: no '{name}' in it; it was not written by trainer")
         if isinstance(state[name], dict) and not state[name]:
@@ -126,3 +139,4 @@ def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: P
             raise
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"checkpoint {path}: its {name} does not fit this run: {str(e).splitlines()[0]}") from None
+    changes.follow_config(run, saved, current, state["step"], say)
