@@ -22,7 +22,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The config groups, inside the package (trainer/conf: a link to the checkout's conf/, a real
+# directory in a wheel), so that an installed trainer finds them from any directory.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 class ConfigError(ValueError):
@@ -377,8 +379,6 @@ def register() -> None:
             cs.store(name=f"schema_{group}_{name}", node=schema)
     if not OmegaConf.has_resolver("stdlib"):
         OmegaConf.register_new_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
-    if not OmegaConf.has_resolver("trainer_root"):  # the checkout: conf/ and recipes/ live there
-        OmegaConf.register_new_resolver("trainer_root", lambda: str(Path(CONF_DIR).parent))
     if not OmegaConf.has_resolver("started"):
         OmegaConf.register_new_resolver("started", lambda pattern: started().strftime(pattern))
 

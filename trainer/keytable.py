@@ -100,5 +100,5 @@ def replace_in(text: str) -> str:
 
 
 if __name__ == "__main__":
-    readme = Path(CONF_DIR).parent / "README.md"
+    readme = Path(__file__).resolve().parent.parent / "README.md"
     readme.write_text(replace_in(readme.read_text()))
