@@ -9,9 +9,9 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import TINY, run_cli
-from trainer.monitoring.report import plot, report
+from trainer.config import ConfigError
+from trainer.monitoring.report import NO_SCALARS, plot, report
 
-pytestmark = pytest.mark.slow
 
 
 def raw_scalars(run_dir):
@@ -35,6 +35,7 @@ def sweep(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_report_rows_match_the_event_files(sweep):
     out = run_cli("report", str(sweep), "--json")
     assert out.returncode == 0, out.stderr
@@ -59,6 +60,7 @@ def test_report_rows_match_the_event_files(sweep):
     assert table.returncode == 0 and table.stdout.count("clip.max_norm=") == 6
 
 
+@pytest.mark.slow
 def test_hparams_are_in_each_runs_own_directory(sweep):
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 6
@@ -78,6 +80,7 @@ def test_hparams_are_in_each_runs_own_directory(sweep):
         assert math.isclose(final, acc.Scalars("eval/loss")[-1].value, rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_report_errors_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt").mkdir()
@@ -89,6 +92,7 @@ def test_report_errors_are_one_line(tmp_path):
         assert len(out.stderr.strip().splitlines()) == 1 and words in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_plot_is_a_png_of_the_expected_size_with_a_line_per_run(sweep, tmp_path):
     out_png = tmp_path / "sweep.png"
     out = run_cli("report", str(sweep), "--plot", str(out_png))
@@ -105,6 +109,7 @@ def test_plot_is_a_png_of_the_expected_size_with_a_line_per_run(sweep, tmp_path)
     assert lines == {"eval loss": 6, "grad norm before clipping": 6, "grad norm after clipping": 6, "loss scale": 6}
 
 
+@pytest.mark.slow
 def test_optuna_search_minimises_the_final_eval_loss(tmp_path):
     out = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "clip.max_norm=interval(0.1,5)",
                   *TINY, "trainer.max_steps=6", "trainer.log_every=3", f"hydra.sweep.dir={tmp_path}")
@@ -114,3 +119,30 @@ def test_optuna_search_minimises_the_final_eval_loss(tmp_path):
     best = (tmp_path / "optimization_results.yaml").read_text()
     best_value = float(best.split("best_value:")[1].split()[0])
     assert best_value == pytest.approx(min(r["final eval loss"] for r in rows), rel=1e-6)
+
+
+@pytest.mark.unit
+def test_a_run_without_scalars_is_noted_and_json_has_no_nan(tmp_path, capsys):
+    """One run logged (with a non-finite loss scale), one only opened its events file: both listed,
+    the empty one noted; --json is valid JSON (NaN and inf are null)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainer.commands import report as report_command
+
+    with SummaryWriter(str(tmp_path / "done")) as w:
+        for step, loss in [(1, 3.0), (2, 2.5)]:
+            w.add_scalar("train/loss", loss, step)
+        w.add_scalar("eval/loss", 2.4, 2)
+        w.add_scalar("train/loss_scale", float("inf"), 2)
+    SummaryWriter(str(tmp_path / "starting")).close()  # an events file, no scalar yet
+
+    rows = report([tmp_path])
+    assert [(r["run"], r["note"]) for r in rows] == [("done", ""), ("starting", NO_SCALARS)]
+    assert rows[0]["best"] and rows[0]["final eval loss"] == pytest.approx(2.4)
+    report_command.main([str(tmp_path), "--json"])
+    parsed = json.loads(capsys.readouterr().out)  # json.loads accepts NaN: check the text has none
+    assert parsed[0]["final loss scale"] is None and parsed[1]["final eval loss"] is None
+    report_command.main([str(tmp_path)])
+    assert f"note: starting: {NO_SCALARS}" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="no training scalars"):  # a tree with no scalars at all
+        report([tmp_path / "starting"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,10 +28,11 @@ def main(argv: list[str]) -> None:
     rows = report(args.paths)
     if args.plot:
         plot(args.paths, rows, args.plot)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if args.json:  # JSON has no NaN: a value that is not a number is null
+        print(json.dumps([{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
+                          for r in rows], indent=2, allow_nan=False))
     elif args.csv:
-        out = csv.DictWriter(sys.stdout, fieldnames=[*COLUMNS, "best"])
+        out = csv.DictWriter(sys.stdout, fieldnames=[*COLUMNS, "best", "note"])
         out.writeheader()
         out.writerows(rows)
     else:

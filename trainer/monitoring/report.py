@@ -65,6 +65,7 @@ def summarize(run: Path, root: Path) -> dict[str, object]:
     evals = [x for x in values("eval/loss") if math.isfinite(x)]
     norms = [x for x in values("train/grad_norm") if math.isfinite(x)]
     speeds = values("perf/tokens_per_sec")
+    fractions = values("train/clip_fraction")
     return {
         "run": str(run.relative_to(root)) if run != root and run.is_relative_to(root) else str(run),
         "overrides": _overrides(run),
@@ -73,7 +74,7 @@ def summarize(run: Path, root: Path) -> dict[str, object]:
         "final train loss": last("train/loss"),
         "grad norm mean": statistics.fmean(norms) if norms else math.nan,
         "grad norm p95": percentile(norms, 95.0) if norms else math.nan,
-        "clip fraction": last("hparams/clip_fraction", statistics.fmean(values("train/clip_fraction"))),
+        "clip fraction": last("hparams/clip_fraction", statistics.fmean(fractions) if fractions else math.nan),
         "skipped steps": int(last("train/skipped_steps", 0)),
         "rollbacks": int(last("train/rollbacks", 0)),
         "final loss scale": last("train/loss_scale"),
@@ -81,11 +82,27 @@ def summarize(run: Path, root: Path) -> dict[str, object]:
     }
 
 
+NO_SCALARS = "no training scalars yet (just started, or stopped before its first log step)"
+
+
 def report(paths: list[Path]) -> list[dict[str, object]]:
-    """Rows for every run under paths; the best one (lowest best eval loss) gets best=True."""
+    """Rows for every run under paths; the best one (lowest best eval loss) gets best=True.
+
+    A run without training scalars gets a row of empty values and a note, unless no run has any:
+    then the first such run's error is raised (one path that is not a run is an error).
+    """
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd()
-    rows = [summarize(run, root) for run in find_runs(paths)]
-    scored = [r for r in rows if math.isfinite(r["best eval loss"])]
+    rows, empty = [], []
+    for run in find_runs(paths):
+        try:
+            rows.append({**summarize(run, root), "note": ""})
+        except ConfigError as e:
+            empty.append(e)
+            name = str(run.relative_to(root)) if run != root and run.is_relative_to(root) else str(run)
+            rows.append({**dict.fromkeys(COLUMNS), "run": name, "overrides": _overrides(run), "note": NO_SCALARS})
+    if len(empty) == len(rows):
+        raise empty[0]
+    scored = [r for r in rows if r["best eval loss"] is not None and math.isfinite(r["best eval loss"])]
     best = min(scored, key=lambda r: r["best eval loss"]) if scored else None
     for r in rows:
         r["best"] = r is best
@@ -116,7 +133,7 @@ def plot(paths: list[Path], rows: list[dict[str, object]], out: Path,
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("--plot needs matplotlib: pip install 'trainer[plot]'") from None
+        raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
     dpi = 100
     fig, axes = plt.subplots(2, 2, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
     for run, label in zip(find_runs(paths), labels(rows)[0], strict=True):
@@ -139,6 +156,8 @@ def plot(paths: list[Path], rows: list[dict[str, object]], out: Path,
 
 
 def _cell(value: object) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     return str(value)
@@ -167,3 +186,6 @@ def print_table(rows: list[dict[str, object]]) -> None:
     if not console.is_terminal:
         console = Console(width=200)
     console.print(table)
+    for r, name in zip(rows, names, strict=True):
+        if r["note"]:
+            console.print(f"note: {name}: {r['note']}")
