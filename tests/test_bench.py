@@ -1,18 +1,19 @@
-import pytest
 """The benchmark compares like with like. It measures nothing here: speed is measured by
 `trainer bench` itself, never by a timed test."""
 
+import pytest
 import torch
 
 from tests.conftest import TINY, make_config
 from trainer import bench
 from trainer.build import build
+from trainer.config import ConfigError
 from trainer.monitoring.display import Display
 from trainer.loop import train
 
-pytestmark = pytest.mark.integration
 
 
+@pytest.mark.integration
 def test_raw_loop_does_the_same_work_as_trainer(tmp_path):
     """The hand-written loop and trainer, from the same config, end with the same weights."""
     cfg = make_config(*TINY, "trainer.max_steps=6", "trainer.eval_every=6", "clip.max_norm=0.05")
@@ -25,6 +26,7 @@ def test_raw_loop_does_the_same_work_as_trainer(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(raw.model.parameters(), build(cfg).model.parameters()))
 
 
+@pytest.mark.integration
 def test_flops_per_token_is_6n_plus_attention():
     run = build(make_config(*TINY))
     n = sum(p.numel() for p in run.model.parameters())
@@ -32,9 +34,19 @@ def test_flops_per_token_is_6n_plus_attention():
     assert bench.flops_per_token(run) == 6 * n + 12 * 1 * 32 * 16
 
 
+@pytest.mark.integration
 def test_measure_reports_every_side_and_clipping_cost():
     rows, notes = bench.measure([*TINY], steps=2, repeats=1, variants=["clip=zclip"])
     assert [r["side"] for r in rows] == ["raw", "trainer", "trainer clip=none", "trainer clip=zclip"]
     assert rows[0]["ratio to raw"] == "1.000"
     assert all(float(r["ms/step median"]) > 0 for r in rows)
     assert notes[0].startswith("clipping, end to end") and notes[1].startswith("clipping, isolated")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("flag", ["--steps", "--repeats"])
+def test_bench_names_a_count_below_one(flag):
+    from trainer.commands import bench as bench_command
+
+    with pytest.raises(ConfigError, match=f"^{flag}=0: must be >= 1$"):
+        bench_command.main([flag, "0"])

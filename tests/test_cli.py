@@ -192,3 +192,11 @@ def test_an_invalid_job_does_not_stop_the_sweep(tmp_path):
                     "error: 1 of 2 jobs failed: 0_clip.max_norm=0"]
     assert [s for s, _ in read_scalars(tmp_path / "1_clip.max_norm=1")["train/loss"]] == [1, 2, 3]  # it ran
     assert not (tmp_path / "0_clip.max_norm=0").exists()  # the refused job leaves no empty dir
+
+
+@pytest.mark.unit
+def test_summary_numbers_read_as_numbers():
+    from trainer.monitoring.display import readable
+
+    assert [readable(v) for v in (32768.0, 2.47612345, 123456.7, 300, float("nan"), "dir")] == \
+        ["32768", "2.4761", "123457", "300", "nan", "dir"]

@@ -1,8 +1,8 @@
-import pytest
 """Built-in models' objectives, and a user model plugged in by _target_."""
 
 import math
 
+import pytest
 import torch
 
 from tests.conftest import TINY, make_config, read_scalars

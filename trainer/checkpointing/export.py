@@ -27,6 +27,8 @@ def checkpoint_weights(path: Path, state: dict) -> dict:
 def export(run_dir: Path, out: Path | None = None) -> Path:
     """Write out/model.safetensors and out/config.json (out defaults to RUN_DIR/export); return out."""
     cfg_file = run_dir / "config.yaml"
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir}: no such directory")
     if not cfg_file.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     ckpt_dir = OmegaConf.load(cfg_file).checkpoint.dir or run_dir / "checkpoints"
@@ -41,4 +43,6 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     save_file(weights, str(out / "model.safetensors"), metadata={"step": str(state["step"])})
     model_cfg = {**state["config"]["model"], "step": state["step"], "checkpoint": str(path)}
     (out / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n")
+    for written in (out / "model.safetensors", out / "config.json"):  # safetensors writes 0600
+        written.chmod(path.stat().st_mode & 0o777)  # readable by whoever can read the checkpoint
     return out

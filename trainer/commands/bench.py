@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainer.config import ConfigError
+
 NAME = "bench"
 USAGE = """\
   bench [--steps N] [--repeats N] [--variant OVERRIDES] [overrides]
@@ -21,6 +23,9 @@ def main(argv: list[str]) -> None:
                         help="the device's peak TFLOP/s for MFU (default: looked up for known GPUs)")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for trainer train")
     args = parser.parse_args(argv)
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ConfigError(f"{flag}={value}: must be >= 1")
     from trainer.bench import measure
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None

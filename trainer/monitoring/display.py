@@ -40,6 +40,16 @@ def _line(step: int, max_steps: int, m: dict[str, float], scale: float, lr: floa
     )
 
 
+def readable(value: object) -> str:
+    """A summary value for reading: whole numbers without decimals (a loss scale of 32768, not
+    32768.0000), large ones rounded, others to four decimals."""
+    if not isinstance(value, float) or value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if value.is_integer() or abs(value) >= 1e4:
+        return f"{value:.0f}"
+    return f"{value:.4f}"
+
+
 class Display:
     """Progress on a terminal; plain periodic lines when stdout is a pipe or file; nothing when quiet."""
 
@@ -104,7 +114,7 @@ class Display:
         self.close()
         table = Table(title="summary", show_header=False)
         for key, value in summary.items():
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(key, readable(value))
         self.print(table)
         self.print(f"outputs: {run_dir}")
         self.print(f"tensorboard: tensorboard --logdir {run_dir}")
