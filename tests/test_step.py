@@ -126,3 +126,17 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
     # And a good step afterwards does update.
     assert train_step(model, opt, [good], 1, prec, clip, params).finite.item()
     assert not torch.equal(model.w.detach(), weights["w"])
+
+
+def test_half_precision_on_a_cpu_without_it_is_said_once_with_a_measured_factor():
+    from trainer.precision import bf16, cpu_note, fp16, fp32
+
+    cpu = torch.device("cpu")
+    assert cpu_note(fp32(cpu), cpu) is None
+    for policy, native in ((bf16(cpu), torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                           (fp16(cpu, 1024.0, 2.0, 0.5, 100), torch.ops.mkldnn._is_mkldnn_fp16_supported())):
+        note = cpu_note(policy, cpu)
+        assert (note is None) == native, note
+        if note:
+            factor = float(note.split("measured ")[1].split("x slower")[0])
+            assert factor >= 1 and f"amp={policy.name}" in note and "amp=fp32" in note

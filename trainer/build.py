@@ -24,7 +24,7 @@ from trainer.config import ConfigError, validate
 from trainer.data.stream import BatchStream, EpochSampler
 from trainer.data.tokens import MASK_ID
 from trainer.models import pretrained as hf_pretrained
-from trainer.precision import Precision
+from trainer.precision import Precision, cpu_note
 from trainer.schedule import Schedule
 
 
@@ -171,6 +171,8 @@ def build(cfg: DictConfig) -> Run:
         notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else ""))
     model = model.to(device)
     precision = _build("amp", cfg.amp, device=device)
+    if note := cpu_note(precision, device):
+        notes.append(note)
     strategy = cfg.strategy
     if strategy.kind.name == "fsdp" and world.size > 1:
         # FSDP casts the sharded parameters itself (MixedPrecisionPolicy); autocast would cast again.
