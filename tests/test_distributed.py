@@ -44,13 +44,18 @@ def weights(run_dir):
     return checkpoint_weights(path, state)  # FSDP's shards joined, as trainer export does
 
 
-def assert_same_run(one, two, steps):
+def assert_same_run(one, two, steps, tokens_per_step):
     a, b = read_scalars(one), read_scalars(two)
     for tag in ("train/loss", "train/grad_norm", "train/grad_norm_clipped"):
         assert [s for s, _ in b[tag]] == list(range(1, steps + 1)), tag
         for (step, x), (_, y) in zip(a[tag], b[tag]):
             assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (tag, step, x, y)
     assert max(v for _, v in a["train/grad_norm"]) > 0.5  # clipping really acted
+    # Throughput is the job's, all ranks: tokens/s x s/step is one step's tokens, batch x seq_len
+    # x micro-batches, whether one process takes the batch or two take half each.
+    for run in (a, b):
+        per_step = [tok * ms / 1000 for (_, tok), (_, ms) in zip(run["perf/tokens_per_sec"], run["perf/step_ms"])]
+        assert per_step == pytest.approx([tokens_per_step] * len(per_step), rel=1e-6)
     wa, wb = weights(one), weights(two)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -63,7 +68,7 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accu
     common = ["trainer.max_steps=6", "trainer.eval_every=6", f"trainer.grad_accum={accum}"]
     train_together((tmp_path / "one", *common, "data.batch_size=8"),
                    (tmp_path / "two", *common, "data.batch_size=4", "trainer.nproc_per_node=2"))
-    assert_same_run(tmp_path / "one", tmp_path / "two", steps)
+    assert_same_run(tmp_path / "one", tmp_path / "two", steps, tokens_per_step=8 * 16 * accum)  # tiny: seq_len 16
     # One run, one dir: a single events file, a single checkpoints dir, nothing per rank.
     events = sorted(p.name for p in (tmp_path / "two").rglob("events.out.tfevents.*"))
     assert len(events) == 1, events
@@ -208,7 +213,7 @@ def test_fsdp_equals_one_process_and_checkpoints_shards_that_resume_exactly(tmp_
             "checkpoint.keep_last=1"]
     train_together((tmp_path / "ref", *fsdp, "trainer.max_steps=10"),
                    (tmp_path / "one", "data.batch_size=8", "trainer.eval_every=10", "trainer.max_steps=10"))
-    assert_same_run(tmp_path / "one", tmp_path / "ref", 10)
+    assert_same_run(tmp_path / "one", tmp_path / "ref", 10, tokens_per_step=8 * 16)
     train(tmp_path / "run", *fsdp, "trainer.max_steps=5")
     ckpt = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000005.pt", "step_00000005.pt.sha256", "step_00000005.shards"]

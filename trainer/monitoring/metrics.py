@@ -65,16 +65,19 @@ class Meter:
 
     def read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Averages since the last read, and each step's loss and norm; then reset. One wait for the device."""
+        counts = torch.tensor([float(self.samples), float(self.tokens)], device=self.sums.device)
         values = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None],
-                            self.per_step[:, :self.steps].flatten()])
+                            self.per_step[:, :self.steps].flatten(), counts])
         # Across ranks: the mean. Losses differ from rank to rank; norms, flags and counts are the
-        # same on every rank (gradients are all-reduced before they are measured), so stay as they are.
+        # same on every rank (gradients are all-reduced before they are measured), so stay as they
+        # are; samples and tokens are each rank's, so their mean times the ranks is the job's.
         world = distributed.world().size
         if world > 1:
             values = distributed.all_reduce_sum(values) / world
         host = values.tolist()
         sums, skipped, clipped = host[:6], host[6], host[7]
-        per_step = {"loss": host[8:8 + self.steps], "norm": host[8 + self.steps:]}
+        per_step = {"loss": host[8:8 + self.steps], "norm": host[8 + self.steps:8 + 2 * self.steps]}
+        samples, tokens = host[-2] * world, host[-1] * world
         elapsed = time.perf_counter() - self.started
         def mean(total: int, count: int) -> float:
             return sums[total] / sums[count] if sums[count] else float("nan")
@@ -86,8 +89,8 @@ class Meter:
             "train/clip_fraction": sums[_CLIPPED] / self.steps,
             "train/skipped_steps": skipped,
             "perf/step_ms": 1000 * elapsed / self.steps,
-            "perf/samples_per_sec": self.samples / elapsed,
-            "perf/tokens_per_sec": self.tokens / elapsed,
+            "perf/samples_per_sec": samples / elapsed,  # of the job: all ranks
+            "perf/tokens_per_sec": tokens / elapsed,
             "clipped_total": clipped,
         }
         self.sums.zero_()
