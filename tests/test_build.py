@@ -85,3 +85,19 @@ def test_cross_group_rules_ask_the_built_parts_so_user_classes_get_them_too(over
                                        ["model._target_=tests.user_model.BigramLM", "clip._target_=tests.user_model.RowClip"]])
 def test_pairs_that_work_pass_the_cross_group_rules(overrides):
     check_capabilities(make_config(*TINY, *overrides))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("override, message", [
+    ("+foo=1", "foo: unknown top-level key (known: "),
+    ("+trainr=1", "trainr: unknown top-level key (did you mean trainer?)"),
+    ("+trainer.max_stepz=5", "trainer.max_stepz: unknown key in 'trainer' (did you mean trainer.max_steps?)"),
+    ("+clip.z_thresh=2", "clip.z_thresh: unknown key in 'clip' (known: _target_, max_norm,"),
+])
+def test_keys_no_schema_has_are_refused_even_with_plus(override, message):
+    from trainer.config import check_keys
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_keys(make_config(*TINY, override))
+    check_keys(make_config("+recipes=gpt-text"))  # a recipe merges into known groups
+    check_keys(make_config(*TINY))  # and so does +debug=tiny

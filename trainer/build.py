@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainer import distributed
 
 from trainer.clipping import ClipResult
-from trainer.config import ConfigError, validate
+from trainer.config import ConfigError, check_keys, validate
 from trainer.data.stream import BatchStream, EpochSampler
 from trainer.data.tokens import MASK_ID
 from trainer.models import pretrained as hf_pretrained
@@ -133,6 +133,7 @@ def preflight(cfg: DictConfig) -> None:
     """The checks that need neither data nor a model: a pretrained folder's config.json, every
     key's range, the device. The launcher runs them before it starts workers, so that bad input
     is one line, not one per rank."""
+    check_keys(cfg)
     pretrained = cfg.model.get("pretrained")
     if pretrained:  # its config.json fixes the architecture, recorded in config.yaml and checkpoints
         cfg.model.update(hf_pretrained.architecture(pretrained))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import enum
 import math
 import sysconfig
@@ -410,6 +411,29 @@ def compose_config(overrides: list[str]) -> DictConfig:
     register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse keys no schema has: `+foo=1` at the top, or `+trainer.max_stepz=5` in a group with a
+    schema (Hydra's `+` adds keys a schema would otherwise refuse). A user's own option file without
+    a schema may hold any keys."""
+    known = [*SCHEMAS, *TOP_LEVEL_DOCS]
+    for key in cfg:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"{key}: unknown top-level key" + (f" (did you mean {hint[0]}?)" if hint else
+                                                                  f" (known: {', '.join(known)})"))
+    for group in SCHEMAS:
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if not dataclasses.is_dataclass(schema):
+            continue
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in node:
+            if key not in fields:
+                hint = difflib.get_close_matches(str(key), fields, n=1)
+                raise ConfigError(f"{group}.{key}: unknown key in '{group}'" + (
+                    f" (did you mean {group}.{hint[0]}?)" if hint else f" (known: {', '.join(fields)})"))
 
 
 def validate(cfg: DictConfig) -> None:
