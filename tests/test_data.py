@@ -1,6 +1,7 @@
 """Built-in data sources: text files and jsonl to byte tokens, the held-out split, the synthetic task."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -45,3 +46,19 @@ def test_synthetic_task_follows_its_successor_table():
         assert succ.setdefault(a, b) == b  # noise=0: each token always has the same successor
     again = SyntheticData(vocab_size=20, num_samples=64, eval_samples=8, noise=0.0, seq_len=10, seed=3)
     assert torch.equal(again.train.tensors[0], seqs)
+
+
+def test_files_that_are_not_text_are_skipped_with_a_line_and_a_folder_asks_for_a_glob(tmp_path):
+    (tmp_path / "a.txt").write_text("plain text, the only file to train on. " * 40)
+    (tmp_path / "b.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20)
+    (tmp_path / "c.dat").write_bytes(bytes(range(128, 256)) * 8)  # no NUL, but no UTF-8 either
+    data = TextData(files=str(tmp_path / "*"), seq_len=16, text_field="text", val_fraction=0.1)
+    assert data.num_files == 1
+    assert data.notes == [f"data.files: skipped {tmp_path / 'b.bin'}: binary (it has NUL bytes)",
+                          f"data.files: skipped {tmp_path / 'c.dat'}: not UTF-8 text (1024 undecodable bytes)"]
+    assert data.num_tokens == len("plain text, the only file to train on. " * 40) + 1  # its bytes and EOS
+    with pytest.raises(ConfigError, match=re.escape(f"data.files={tmp_path}: a directory; give a glob of its "
+                                                    f"files, e.g. data.files='{tmp_path}/**/*.txt'")):
+        TextData(files=str(tmp_path), seq_len=16, text_field="text", val_fraction=0.1)
+    with pytest.raises(ConfigError, match="matches no text file"):
+        TextData(files=str(tmp_path / "*.[bd]*"), seq_len=16, text_field="text", val_fraction=0.1)

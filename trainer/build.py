@@ -166,7 +166,7 @@ def build(cfg: DictConfig) -> Run:
         cfg.model.mask_token_id = MASK_ID
 
     model = _build("model", cfg.model, vocab_size=vocab_size)  # the same init on every rank
-    notes = []
+    notes = list(getattr(data, "notes", []))
     if pretrained:
         new = hf_pretrained.load(model, pretrained)
         notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else ""))

@@ -115,7 +115,8 @@ class SyntheticDataConfig(DataConfig):
 class TextDataConfig(DataConfig):
     _target_: str = MISSING
     files: str = _doc("a glob (`**` recurses) of plain-text or `.jsonl` files; the default is the Python "
-                      "standard library's own source")
+                      "standard library's own source. A file that is not text (NUL bytes, or over 1% not "
+                      "UTF-8) is skipped with a line at start-up")
     text_field: str = _doc("the field holding the text (in `.jsonl` lines or records)")
     val_fraction: float = _open_unit("the share held out for eval: the tail of the token stream (`text`); "
                                      "a seeded sample of `train_file`'s records when there is no `eval_file`")

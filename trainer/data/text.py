@@ -27,6 +27,16 @@ class Windows(Dataset):
         return {"input_ids": self.stream[i * self.seq_len:(i + 1) * self.seq_len]}
 
 
+def not_text(data: bytes) -> str | None:
+    """Why these bytes are not text (NUL bytes, or over 1% not UTF-8), or None if they are."""
+    if b"\x00" in data:
+        return "binary (it has NUL bytes)"
+    bad = data.decode("utf-8", errors="replace").count("\ufffd")
+    if bad > max(8, len(data) // 100):
+        return f"not UTF-8 text ({bad} undecodable bytes)"
+    return None
+
+
 def read_documents(path: Path, text_field: str) -> list[str]:
     """A .jsonl file gives one document per line (its text_field); any other file is one document."""
     try:
@@ -53,9 +63,21 @@ class TextData:
     TASKS = ("lm", "mlm")  # one token stream, cut into windows
 
     def __init__(self, *, files: str, seq_len: int, text_field: str, val_fraction: float, **_loader_keys):
+        if Path(files).is_dir():
+            raise ConfigError(f"data.files={files}: a directory; give a glob of its files, e.g. "
+                              f"data.files='{files.rstrip('/')}/**/*.txt'")
         paths = sorted(Path(p) for p in glob.glob(files, recursive=True) if Path(p).is_file())
         if not paths:
             raise ConfigError(f"data.files={files}: matches no file")
+        self.notes = []  # what the run says at start-up: the files it skipped
+        for path in list(paths):
+            with open(path, "rb") as f:
+                why = not_text(f.read())
+            if why:
+                paths.remove(path)
+                self.notes.append(f"data.files: skipped {path}: {why}")
+        if not paths:
+            raise ConfigError(f"data.files={files}: matches no text file ({self.notes[0].split(': ', 2)[2]}, ...)")
         parts = []
         for path in paths:
             for doc in read_documents(path, text_field):
