@@ -41,10 +41,11 @@ class OverflowingLM(BigramLM):
         return super().forward(input_ids) * 1e30
 
 
-class ExplodingLM(BigramLM):
-    """At training forward call number EXPLODE_AT the loss, and so every gradient, is multiplied by 1e4."""
+class ScaledLossLM(BigramLM):
+    """Training forward call n (1-based) has its loss, and so every gradient, multiplied by SCALE[n]
+    (tests set it: {40: 1e4} for an explosion, {12: nan, 13: nan} for a run of non-finite steps)."""
 
-    EXPLODE_AT = -1
+    SCALE: dict[int, float] = {}
 
     def __init__(self, **keys):
         super().__init__(**keys)
@@ -54,8 +55,8 @@ class ExplodingLM(BigramLM):
         loss = super().forward(input_ids)
         if self.training:
             self.calls += 1
-            if self.calls == self.EXPLODE_AT:
-                return loss * 1e4
+            if self.calls in self.SCALE:
+                return loss * self.SCALE[self.calls]
         return loss
 
 
@@ -69,20 +70,3 @@ class HalfNormalGradLM(BigramLM):
         z = torch.randn(())
         return self.out.bias[0] * z * self.SIGMA + 0.0 * super().forward(input_ids).detach()
 
-
-class NanLM(BigramLM):
-    """Training forward calls NAN_CALLS (1-based) give a NaN loss: a run of non-finite steps."""
-
-    NAN_CALLS: tuple[int, ...] = ()
-
-    def __init__(self, **keys):
-        super().__init__(**keys)
-        self.calls = 0
-
-    def forward(self, input_ids):
-        loss = super().forward(input_ids)
-        if self.training:
-            self.calls += 1
-            if self.calls in self.NAN_CALLS:
-                return loss * float("nan")
-        return loss

@@ -147,8 +147,8 @@ def test_controller_decisions_on_a_scripted_sequence():
 @pytest.mark.integration
 @pytest.mark.parametrize("policy", ["zclip", "autoclip"])
 def test_injected_explosion_stays_finite_and_is_clipped_at_that_step(tmp_path, monkeypatch, policy):
-    monkeypatch.setattr(tests.poison.ExplodingLM, "EXPLODE_AT", 40)
-    cfg = make_config(*TINY, "model._target_=tests.poison.ExplodingLM", f"clip={policy}", "optim=sgd",
+    monkeypatch.setattr(tests.poison.ScaledLossLM, "SCALE", {40: 1e4})
+    cfg = make_config(*TINY, "model._target_=tests.poison.ScaledLossLM", f"clip={policy}", "optim=sgd",
                       "optim.lr=0.5", "optim.momentum=0", "trainer.max_steps=60", "trainer.log_every=1",
                       "trainer.eval_every=60")
     summary = train(build(cfg), tmp_path, Display(60, quiet=True))

@@ -110,8 +110,8 @@ def test_a_run_of_non_finite_losses_counts_across_log_intervals():
 @pytest.mark.integration
 def test_nan_steps_one_per_log_interval_trigger_a_rollback(tmp_path, monkeypatch):
     """trainer.log_every=1: three NaN steps in a row are three checks of one loss each."""
-    monkeypatch.setattr(tests.poison.NanLM, "NAN_CALLS", (12, 13, 14))
-    cfg = make_config(*TINY, "model._target_=tests.poison.NanLM", "trainer.max_steps=20", "trainer.log_every=1",
+    monkeypatch.setattr(tests.poison.ScaledLossLM, "SCALE", dict.fromkeys((12, 13, 14), math.nan))
+    cfg = make_config(*TINY, "model._target_=tests.poison.ScaledLossLM", "trainer.max_steps=20", "trainer.log_every=1",
                       "trainer.eval_every=20", "checkpoint.every=5", "guard.spike=true", "guard.nonfinite_steps=3")
     summary = train(build(cfg), tmp_path, Display(20, quiet=True))
     assert summary["rollbacks"] == 1
