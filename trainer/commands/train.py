@@ -64,14 +64,19 @@ def task(cfg: DictConfig) -> float:
     fresh = all(p.name == "train.log" and p.stat().st_size == 0 for p in run_dir.iterdir())
     hydra_files = _hydra_files(cfg)  # as composed, before build resolves keys into cfg
 
-    def refuse(e: BaseException) -> None:
-        """One line and exit 2 (cli.fail); a dir this command made and left empty goes with it."""
-        if fresh and ranks.world().main:
+    def discard_if_fresh() -> None:
+        """A dir this command made and left empty goes, and outputs/DATE above it if now empty."""
+        if fresh:
             shutil.rmtree(run_dir, ignore_errors=True)
             parent, here = run_dir.parent.resolve(), Path.cwd().resolve()
-            while here in parent.parents and not any(parent.iterdir()):  # outputs/DATE, if now empty
+            while here in parent.parents and not any(parent.iterdir()):
                 parent.rmdir()
                 parent = parent.parent
+
+    def refuse(e: BaseException) -> None:
+        """One line and exit 2 (cli.fail), without leaving an empty run dir behind."""
+        if ranks.world().size == 1:  # workers share the dir: the launcher discards it once they are done
+            discard_if_fresh()
         message = None if cli.FULL_ERROR else cli.one_line(e)
         if sweep and message is not None:  # the sweep goes on with the other jobs
             _job_failed(run_dir, message)
@@ -88,6 +93,8 @@ def task(cfg: DictConfig) -> float:
             with cli.users_hydra_full_error():  # the workers report errors as the user asked
                 distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
         except SystemExit as stop:
+            if stop.code == 2:  # the workers refused the input, each said why
+                discard_if_fresh()
             if sweep and stop.code in (1, 2):  # a failed job, not a stop signal (128 + signal)
                 _job_failed(run_dir, f"its workers exited with code {stop.code} (their lines are above)")
             raise
