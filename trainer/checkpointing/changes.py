@@ -9,7 +9,8 @@ change is refused in one line. Never does the checkpoint silently win over the c
 | a per-step schedule <-> plateau | refused |
 | `clip` (the policy or any key) | the policy starts afresh from the config (its statistics, the controller's state) |
 | `data.batch_size`, `trainer.seed` | refused: they move the data position |
-| `model.*`, `optim._target_`, `amp._target_`, the number of processes | refused (trainer/checkpointing/state.py) |
+| `model.*`, `optim._target_`, `amp._target_` | refused |
+| the number of processes, FSDP or not | refused (trainer/checkpointing/state.py: the checkpoint's structure) |
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from trainer.build import Run
 from trainer.config import ConfigError
 
 _OPTIM_KEYS = ("lr", "weight_decay", "betas", "eps", "momentum", "nesterov")
+# Sections a checkpoint must agree with: the model's shape and the optimizer's and scaler's state layout.
+_MUST_MATCH = ("model", "optim._target_", "amp._target_")
 _REFUSED = ("data.batch_size", "trainer.seed")
 
 
@@ -38,6 +41,15 @@ def _changed(saved: dict, now: dict, section: str) -> dict[str, tuple[Any, Any]]
 
 def refuse_changes(saved: dict, now: dict, saved_schedule_state: dict, steps_per_eval: bool, where: str) -> None:
     """The changes resuming cannot follow, as one ConfigError naming the key."""
+    for dotted in _MUST_MATCH:
+        old, new = _get(saved, dotted), _get(now, dotted)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            dotted, old, new = f"{dotted}.{key}", old.get(key), new.get(key)
+        raise ConfigError(f"checkpoint {where} was trained with {dotted}={old}, but the config says {new}; "
+                          "resume with the same setting")
     for dotted in _REFUSED:
         if _get(saved, dotted) != _get(now, dotted):
             raise ConfigError(f"checkpoint {where} was trained with {dotted}={_get(saved, dotted)}, but the config says "

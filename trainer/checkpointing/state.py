@@ -20,11 +20,6 @@ from trainer.checkpointing import changes, checkpoint
 from trainer.build import Run, unwrap
 from trainer.config import ConfigError
 
-# Config sections a checkpoint must agree with: the model's shape and the optimizer's and
-# scaler's state layout. Others (lr, max_steps, logging) may change on resume.
-_MUST_MATCH = ("model", "optim._target_", "amp._target_")
-
-
 @runtime_checkable
 class Stateful(Protocol):
     def state_dict(self) -> Any: ...
@@ -72,12 +67,6 @@ def capture(parts: dict[str, Stateful], step: int, cfg: Any, shards: str | None 
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
 
 
-def _section(container: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        container = container.get(part, {}) if isinstance(container, dict) else {}
-    return container
-
-
 def _check_fits(run: Run, state: dict[str, Any], path: Path, current: dict) -> Path | None:
     """Refuse, naming the key, a checkpoint this run cannot continue; return its shards dir, if any.
     Runs before anything is loaded: shards are followed only by a sharded run."""
@@ -88,15 +77,8 @@ def _check_fits(run: Run, state: dict[str, Any], path: Path, current: dict) -> P
     if sharded(run) and not shards_dir:
         raise ConfigError(f"checkpoint {path} holds whole weights, not FSDP shards; resume with the "
                           "strategy it was written with")
-    for dotted in _MUST_MATCH:
-        saved, now = _section(state["config"], dotted), _section(current, dotted)
-        if saved == now:
-            continue
-        if isinstance(saved, dict) and isinstance(now, dict):
-            key = next(k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-            dotted, saved, now = f"{dotted}.{key}", saved.get(key), now.get(key)
-        raise ConfigError(f"checkpoint {path} was trained with {dotted}={saved}, but the config says {now}; "
-                          "resume with the same setting")
+    # Then the config: what may change on resume and what may not (trainer/checkpointing/changes.py).
+    changes.refuse_changes(state["config"], current, state.get("scheduler") or {}, run.schedule.on_eval, str(path))
     world = distributed.world()
     if len(state["rng"]) != world.size:
         raise ConfigError(f"checkpoint {path} was written by {len(state['rng'])} processes, this run has {world.size}: "
@@ -115,7 +97,6 @@ def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: P
     current = OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True)
     shards_dir = _check_fits(run, state, path, current)
     saved = state["config"]
-    changes.refuse_changes(saved, current, state.get("scheduler") or {}, run.schedule.on_eval, str(path))
     fresh = set()
     if why := changes.clip_starts_fresh(saved, current):
         fresh.add("clip")
