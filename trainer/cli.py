@@ -85,9 +85,14 @@ def users_hydra_full_error() -> Iterator[None]:
         _set_full_error(inside_hydra)
 
 
+def user_message(e: BaseException) -> str | None:
+    """e's one line for the user, or None: a bug, or HYDRA_FULL_ERROR=1 (then the traceback shows)."""
+    return None if FULL_ERROR else one_line(e)
+
+
 def fail(e: BaseException) -> None:
     """Print e as one line and exit 2 if it is a config or input error; otherwise re-raise it."""
-    msg = None if FULL_ERROR else one_line(e)
+    msg = user_message(e)
     if msg is None:
         raise e
     world = ranks.world()

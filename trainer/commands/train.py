@@ -77,7 +77,7 @@ def task(cfg: DictConfig) -> float:
         """One line and exit 2 (cli.fail), without leaving an empty run dir behind."""
         if ranks.world().size == 1:  # workers share the dir: the launcher discards it once they are done
             discard_if_fresh()
-        message = None if cli.FULL_ERROR else cli.one_line(e)
+        message = cli.user_message(e)
         if sweep and message is not None:  # the sweep goes on with the other jobs
             _job_failed(run_dir, message)
         cli.fail(e)
