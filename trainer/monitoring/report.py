@@ -40,6 +40,11 @@ def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def _name(run: Path, root: Path) -> str:
+    """A run's name in the report: its path under root, else as given."""
+    return str(run.relative_to(root)) if run != root and run.is_relative_to(root) else str(run)
+
+
 def _overrides(run: Path) -> str:
     """The run's command-line overrides, from the file Hydra writes beside it."""
     path = run / ".hydra" / "overrides.yaml"
@@ -67,7 +72,7 @@ def summarize(run: Path, root: Path) -> dict[str, object]:
     speeds = values("perf/tokens_per_sec")
     fractions = values("train/clip_fraction")
     return {
-        "run": str(run.relative_to(root)) if run != root and run.is_relative_to(root) else str(run),
+        "run": _name(run, root),
         "overrides": _overrides(run),
         "final eval loss": last("eval/loss"),
         "best eval loss": min(evals) if evals else math.nan,
@@ -98,8 +103,7 @@ def report(paths: list[Path]) -> list[dict[str, object]]:
             rows.append({**summarize(run, root), "note": ""})
         except ConfigError as e:
             empty.append(e)
-            name = str(run.relative_to(root)) if run != root and run.is_relative_to(root) else str(run)
-            rows.append({**dict.fromkeys(COLUMNS), "run": name, "overrides": _overrides(run), "note": NO_SCALARS})
+            rows.append({**dict.fromkeys(COLUMNS), "run": _name(run, root), "overrides": _overrides(run), "note": NO_SCALARS})
     if len(empty) == len(rows):
         raise empty[0]
     scored = [r for r in rows if r["best eval loss"] is not None and math.isfinite(r["best eval loss"])]
