@@ -21,6 +21,25 @@ def make_config(*overrides: str):
     return compose_config(list(overrides))
 
 
+def sigterm_during_step(monkeypatch, n: int) -> None:
+    """Make the loop's n-th train_step call (1-based, redone steps count) send this process SIGTERM,
+    as a scheduler's preemption would, mid-step; monkeypatch.undo() or a new setattr ends it."""
+    import signal
+
+    from trainer import loop
+    from trainer.step import train_step
+
+    calls = []
+
+    def signalled_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", signalled_step)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `trainer ARGS` in a fresh process (stdout is a pipe, so the display prints plain lines)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}

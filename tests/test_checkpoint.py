@@ -4,7 +4,6 @@ import errno
 import hashlib
 import json
 import math
-import os
 import pickle
 import random
 import re
@@ -17,7 +16,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, make_config, read_scalars, run_cli
+from tests.conftest import ROOT, TINY, make_config, read_scalars, run_cli, sigterm_during_step
 from trainer import loop
 from trainer.checkpointing import checkpoint, export
 from trainer.build import build
@@ -25,7 +24,6 @@ from trainer.config import ConfigError
 from trainer.monitoring.display import Display
 from trainer.loop import train
 from trainer.preemption import Preempted
-from trainer.step import train_step
 
 LONG = [*TINY, "trainer.max_steps=400", "trainer.log_every=1", "trainer.eval_every=100", "checkpoint.every=7",
         "checkpoint.keep_last=2"]
@@ -176,16 +174,8 @@ def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkey
     ref = tmp_path / "ref"
     train(build(make_config(*common)), ref, Display(12, quiet=True))
 
-    calls = []
-
-    def signalled_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return train_step(*args, **kwargs)
-
     run = tmp_path / "run"
-    monkeypatch.setattr(loop, "train_step", signalled_step)
+    sigterm_during_step(monkeypatch, 6)
     with pytest.raises(Preempted, match="after step 6"):
         train(build(make_config(*common)), run, Display(12, quiet=True))
     monkeypatch.undo()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tests.poison
-from tests.conftest import TINY, make_config, read_scalars
+from tests.conftest import TINY, make_config, read_scalars, sigterm_during_step
 from trainer.build import build
 from trainer.monitoring.display import Display
 from trainer.guard import Diverged, SpikeGuard
@@ -126,24 +126,13 @@ def test_a_stop_signal_mid_interval_checks_the_interval_before_it_checkpoints(tm
     25: the checkpoint must not hold the unchecked spike. The guard checks 21-23 at once, rolls back
     to 20, redoes step 21 without the poisoned batch, and only then checkpoints and stops; the
     resumed run ends where the uninterrupted guarded run ends."""
-    import os
-    import signal
-
     from trainer import loop
     from trainer.preemption import Preempted
     from trainer.step import train_step
 
     guarded = ["guard.spike=true", "guard.window=10"]
     reference = run(tmp_path / "ref", monkeypatch, *guarded)
-    calls = []
-
-    def signalled_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 23:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return train_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", signalled_step)
+    sigterm_during_step(monkeypatch, 23)
     with pytest.raises(Preempted, match="after step 21;"):
         run(tmp_path / "run", monkeypatch, *guarded)
     monkeypatch.setattr(loop, "train_step", train_step)
