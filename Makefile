@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # gigabytes of CUDA wheels onto CPU machines.
 TORCH  := torch==2.13.0
 
-.PHONY: install train test test-fast bench docs clean
+.PHONY: install train test test-fast bench bench-startup docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: install
 BENCH := --steps 10 --repeats 9 amp=bf16 data.batch_size=4 data.seq_len=64
 bench: install
 	$(BIN)/trainer bench $(or $(ARGS),$(BENCH))
+
+# --help, config errors and a one-step run, each a whole process (median of 7); about two minutes.
+bench-startup: install
+	$(BIN)/python benchmarks/startup.py $(ARGS)
 
 # The README's key table, rendered from the schema (trainer/config.py) and conf/.
 docs: install

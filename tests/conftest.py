@@ -48,10 +48,6 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
                           cwd=cwd or ROOT, env=full_env, timeout=600)
 
 
-
-
-
-
 TIERS = ("unit", "integration", "slow")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, make_config
-from trainer.build import build, check_capabilities, param_groups
+from trainer.build import build, param_groups
 from trainer.config import ConfigError
 from trainer.monitoring.display import Display
 from trainer.loop import train
@@ -63,28 +63,6 @@ def test_weight_decay_skips_biases_and_norms():
 def test_model_vocab_follows_the_data():
     run = build(make_config(*TINY))
     assert run.model.net.tok.num_embeddings == 16
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("overrides, message", [
-    (["model._target_=tests.user_model.TaggerLM", "task=lm"], "task=lm: model._target_=tests.user_model.TaggerLM trains classification only"),
-    (["model._target_=tests.user_model.TaggerLM"], "is for lm/mlm, model._target_=tests.user_model.TaggerLM trains classification"),
-    (["strategy=fsdp", "clip._target_=tests.user_model.RowClip"], "needs whole rows"),
-    (["strategy=fsdp", "amp._target_=tests.user_model.scaled_fp16"], "it uses a GradScaler"),
-    (["strategy=fsdp", "clip=agc"], "needs whole rows"),
-    (["strategy=fsdp", "amp=fp16"], "it uses a GradScaler"),
-    (["model=gpt", "task=mlm"], "trainer.models.GPT trains lm only"),
-])
-def test_cross_group_rules_ask_the_built_parts_so_user_classes_get_them_too(overrides, message):
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        check_capabilities(make_config(*TINY, *overrides))
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("overrides", [[], ["strategy=fsdp", "amp=bf16"], ["strategy=fsdp", "clip=zclip"],
-                                       ["model._target_=tests.user_model.BigramLM", "clip._target_=tests.user_model.RowClip"]])
-def test_pairs_that_work_pass_the_cross_group_rules(overrides):
-    check_capabilities(make_config(*TINY, *overrides))
 
 
 @pytest.mark.unit

@@ -1,10 +1,15 @@
 """`trainer` end to end, in a fresh process as a user runs it."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, read_scalars, run_cli
+from tests.conftest import ROOT, TINY, read_scalars, run_cli
 from trainer.commands.train import name_jobs_by_sweep
 
 TAGS = {
@@ -200,3 +205,90 @@ def test_summary_numbers_read_as_numbers():
 
     assert [readable(v) for v in (32768.0, 2.47612345, 123456.7, 300, float("nan"), "dir")] == \
         ["32768", "2.4761", "123457", "300", "nan", "dir"]
+
+
+def users_config_dir(root: Path) -> Path:
+    """A user's own config dir, as Hydra expects one: a group option that extends ours, a recipe."""
+    (root / "model").mkdir(parents=True)
+    (root / "model" / "small.yaml").write_text("defaults:\n  - gpt\n  - _self_\n\nnum_layers: 1\nhidden_size: 32\n")
+    (root / "recipes").mkdir()
+    (root / "recipes" / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /model: small\n\n"
+                                                "trainer:\n  max_steps: 3\n  log_every: 1\n")
+    (root / "recipes" / "unpackaged.yaml").write_text("trainer:\n  max_steps: 3\n")
+    return root
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("form", ["--config-dir", "hydra.searchpath"])
+def test_own_config_dir_with_recipes_ours_and_yours(tmp_path, form):
+    own = users_config_dir(tmp_path / "conf")
+    where = ["--config-dir", str(own)] if form == "--config-dir" else [f"hydra.searchpath=[file://{own}]"]
+    out = run_cli("train", *where, "+recipes=mine", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert "num_layers: 1" in out.stdout and "hidden_size: 32" in out.stdout and "max_steps: 3" in out.stdout
+    out = run_cli("train", *where, "+recipes=gpt-text", "--cfg", "job")  # a shipped recipe still applies
+    assert out.returncode == 0 and "max_steps: 2000" in out.stdout and "num_layers: 6" in out.stdout
+    out = run_cli("train", *where, "+recipes=mien")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: recipes=mien: no such option in group 'recipes' "
+        "(choose from bert-finetune, clip-sweep, fp16-vs-bf16, gpt-text, mine, unpackaged)"]
+    out = run_cli("train", *where, "+recipes=unpackaged", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "the recipe's keys landed under 'recipes.'" in out.stderr and "# @package _global_" in out.stderr
+    out = run_cli("train", *where, "--help")
+    assert "model: bert, gpt, small" in out.stdout and "recipes: bert-finetune, clip-sweep, fp16-vs-bf16, gpt-text, " \
+        "mine, unpackaged" in out.stdout
+
+
+@pytest.mark.integration
+def test_a_recipe_from_your_own_dir_trains(tmp_path):
+    own = users_config_dir(tmp_path / "conf")
+    out = run_cli("train", "--config-dir", str(own), "+recipes=mine", "data=synthetic", "data.vocab_size=16",
+                  "data.seq_len=16", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr
+    assert [step for step, _ in read_scalars(tmp_path / "run")["train/loss"]] == [1, 2, 3]
+    assert "num_layers: 1" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum, existing", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+                         ids=["SIGTERM", "Ctrl-C", "SIGTERM-resuming"])
+def test_a_stop_signal_during_start_up_is_one_line_and_leaves_nothing_half_done(tmp_path, signum, existing):
+    run_dir, ready = tmp_path / "run", tmp_path / "loading"
+    if existing:  # a run to resume: its dir must stay exactly as it was
+        assert run_cli("train", *TINY, "trainer.max_steps=2", f"hydra.run.dir={run_dir}").returncode == 0
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "train", *TINY, "data._target_=tests.user_model.SlowData",
+                             f"hydra.run.dir={run_dir}"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(env, PYTHONPATH=str(ROOT), SLOW_DATA_READY=str(ready)))
+    deadline = time.monotonic() + 60
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:  # loading the data
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM"
+    left = f"{run_dir} is as it was" if existing else "nothing was kept"
+    assert err.strip().splitlines() == [f"error: stopped by {name} during start-up, before the first step; {left}"]
+    if existing:
+        # .lock names the newest holder's pid (checkpointing/lock.py); everything else is untouched
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    else:
+        assert not run_dir.exists()
+
+
+@pytest.mark.unit
+def test_a_start_up_signal_that_was_swallowed_still_stops_the_loop_before_it_starts(monkeypatch):
+    from trainer import preemption
+
+    monkeypatch.setattr(preemption, "_received", [])
+    monkeypatch.setattr(preemption.StopRequest, "entered", False)  # other in-process tests ran loops
+    try:  # code on the way that catches everything, as some imports do
+        preemption._interrupt(signal.SIGTERM, None)
+    except BaseException:
+        pass
+    with pytest.raises(preemption.Interrupted) as stopped:
+        with preemption.StopRequest():
+            pytest.fail("the loop started")
+    assert stopped.value.signum == signal.SIGTERM and not preemption.StopRequest.entered

@@ -30,7 +30,7 @@ def labelled(tmp_path_factory):
 
 def finetune_args(folder, labelled, *more):
     return ["model=bert", f"model.pretrained={folder}", "task=classification", "data=jsonl",
-            f"data.train_file={labelled}", "data.label_field=label", "data.seq_len=32", *more]
+            f"data.train_file={labelled}", "data.seq_len=32", *more]  # data.label_field: `label` by convention
 
 
 @pytest.mark.integration
@@ -72,7 +72,8 @@ def test_tokenizer_matches_transformers_including_lower_casing(folder, labelled)
 def test_finetuning_the_tiny_checkpoint_reaches_90_percent_accuracy(folder, labelled, tmp_path):
     run = build(make_config(*finetune_args(folder, labelled, "trainer.max_steps=150", "optim.lr=1e-3",
                                            "trainer.eval_every=150", "trainer.device=cpu")))
-    assert run.notes and "new (not in it): pooler.weight, pooler.bias, classifier.weight, classifier.bias" in run.notes[0]
+    assert run.notes[0].startswith("data.label_field=label (task=classification; the Hugging Face datasets convention)")
+    assert "new (not in it): pooler.weight, pooler.bias, classifier.weight, classifier.bias" in run.notes[1]
     summary = train(run, tmp_path, Display(150, quiet=True))
     assert summary["final eval accuracy"] >= 0.9, summary
     assert summary["final eval f1"] >= 0.9, summary

@@ -37,3 +37,19 @@ def scaled_fp16(device, **unused):
     from trainer.precision import fp16
 
     return fp16(device, init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=100)
+
+
+class SlowData:
+    """A data source that takes its time to load, as a big corpus does: it creates the file named
+    by $SLOW_DATA_READY and then waits, so that a test can signal while start-up is surely under way."""
+
+    def __init__(self, **synthetic_keys):
+        import os
+        import time
+        from pathlib import Path
+
+        from trainer.data import SyntheticData
+
+        Path(os.environ["SLOW_DATA_READY"]).touch()
+        time.sleep(120)
+        self.__dict__.update(vars(SyntheticData(**synthetic_keys)))

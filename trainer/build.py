@@ -12,15 +12,14 @@ from typing import Any, Callable
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from trainer import distributed
-
+from trainer import capabilities, distributed, preflight
 from trainer.clipping import ClipResult
-from trainer.config import ConfigError, check_keys, validate
+from trainer.config import ConfigError
 from trainer.data.stream import BatchStream, EpochSampler
 from trainer.data.tokens import MASK_ID
 from trainer.models import pretrained as hf_pretrained
@@ -55,7 +54,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """cpu, or this process's GPU (one per local rank under torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda: no CUDA GPU is available here; use trainer.device=cpu or auto")
+        raise ConfigError(preflight.NO_GPU)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
@@ -100,51 +99,18 @@ def loaders(data: Any, cfg: DictConfig, device: torch.device,
     return train, evaluate
 
 
-def _class(target: str) -> type | None:
-    try:
-        return get_class(target)
-    except Exception:  # a _target_ that does not import: _build reports it, naming the key
-        return None
-
-
-def check_capabilities(cfg: DictConfig) -> None:
-    """Rules across groups, asked of the classes and policies themselves (a user's own too), not of
-    their _target_ strings: the tasks a model and a data source declare (TASKS), whether the
-    precision policy uses a GradScaler, whether the clip policy needs whole rows of each weight."""
-    model_tasks = getattr(_class(cfg.model.get("_target_", "")), "TASKS", None)
-    data_tasks = getattr(_class(cfg.data.get("_target_", "")), "TASKS", None)
-    if model_tasks and cfg.task != "auto" and cfg.task not in model_tasks:
-        raise ConfigError(f"task={cfg.task}: model._target_={cfg.model._target_} trains {'/'.join(model_tasks)} only "
-                          "(model=bert does mlm and classification)")
-    if model_tasks and data_tasks and not set(model_tasks) & set(data_tasks):
-        raise ConfigError(f"data._target_={cfg.data._target_} is for {'/'.join(data_tasks)}, model._target_="
-                          f"{cfg.model._target_} trains {'/'.join(model_tasks)}: model=gpt takes data=text or "
-                          "synthetic; data=jsonl/csv feeds model=bert")
-    if cfg.strategy.kind.name == "fsdp":
-        if _build("amp", cfg.amp, device=torch.device("cpu")).scaler is not None:
-            raise ConfigError(f"strategy=fsdp with amp._target_={cfg.amp._target_}: not supported (it uses a "
-                              "GradScaler, and each rank's would see only its shard's infs); use amp=bf16")
-        if getattr(_build("clip", cfg.clip), "needs_whole_rows", False):
-            raise ConfigError(f"strategy=fsdp with clip._target_={cfg.clip._target_}: not supported (it needs "
-                              "whole rows of each weight, which FSDP shards)")
-
-
-def preflight(cfg: DictConfig) -> None:
-    """The checks that need neither data nor a model: a pretrained folder's config.json, every
-    key's range, the device. The launcher runs them before it starts workers, so that bad input
-    is one line, not one per rank."""
-    check_keys(cfg)
-    pretrained = cfg.model.get("pretrained")
-    if pretrained:  # its config.json fixes the architecture, recorded in config.yaml and checkpoints
-        cfg.model.update(hf_pretrained.architecture(pretrained))
-    validate(cfg)
-    check_capabilities(cfg)
-    resolve_device(cfg.trainer.device.name)
+def check_classes(cfg: DictConfig) -> None:
+    """The rules across groups asked of the imported classes and the built precision policy, so a
+    user's own class is held to them too (trainer.preflight has asked the built-in ones already)."""
+    fsdp = cfg.strategy.kind.name == "fsdp"
+    capabilities.check(cfg, imported=True,
+                       scaler=fsdp and _build("amp", cfg.amp, device=torch.device("cpu")).scaler is not None)
 
 
 def build(cfg: DictConfig) -> Run:
     """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input."""
-    preflight(cfg)
+    notes = preflight.check(cfg)
+    check_classes(cfg)
     pretrained = cfg.model.get("pretrained")
     world = distributed.world()
     device = resolve_device(cfg.trainer.device.name, world.local_rank)
@@ -166,7 +132,7 @@ def build(cfg: DictConfig) -> Run:
         cfg.model.mask_token_id = MASK_ID
 
     model = _build("model", cfg.model, vocab_size=vocab_size)  # the same init on every rank
-    notes = list(getattr(data, "notes", []))
+    notes += getattr(data, "notes", [])
     if pretrained:
         new = hf_pretrained.load(model, pretrained)
         notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else ""))

@@ -10,11 +10,7 @@ import re
 import sys
 from typing import Callable, Iterator
 
-from hydra.errors import HydraException, MissingConfigException
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-from trainer import config, ranks
-from trainer.config import ConfigError
+from trainer import preemption, ranks
 
 
 USAGE = """\
@@ -34,6 +30,11 @@ Set HYDRA_FULL_ERROR=1 to see full tracebacks for errors.
 
 def one_line(e: BaseException) -> str | None:
     """The user-facing one-line message for a config or input error; None for anything else (a bug)."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from trainer.config import ConfigError
+
     if isinstance(e, ConfigError):
         return str(e)
     if isinstance(e, OSError) and e.filename:  # a path the user gave that cannot be made or written
@@ -113,9 +114,20 @@ def run_hydra(task: Callable[[], object], args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # First, before the seconds of imports: a stop signal from now on ends the command with a line.
+    preemption.stop_during_startup()
+    try:
+        _run(sys.argv[1:] if argv is None else argv)
+    except (KeyboardInterrupt, preemption.Interrupted) as e:  # `train` says more itself
+        signum = preemption.signal_number(e)
+        print(f"error: stopped by {preemption.describe(signum)}", file=sys.stderr)
+        sys.exit(128 + signum)
+
+
+def _run(argv: list[str]) -> None:
+    from trainer import config
     from trainer.commands import COMMANDS  # each command imports its work only when it runs
 
-    argv = sys.argv[1:] if argv is None else argv
     usage = USAGE.format(commands="\n".join(c.USAGE for c in COMMANDS.values()))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage, end="")

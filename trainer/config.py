@@ -130,7 +130,8 @@ class LabelledDataConfig(DataConfig):
     text_field: str = _doc("the field holding the text (in `.jsonl` lines or records)")
     text_pair_field: Optional[str] = _doc("a second text field: the pair is encoded as `[CLS] a [SEP] b [SEP]` "
                                           "with token types")
-    label_field: Optional[str] = _doc("the label field; `null`: unlabelled text (masked LM)")
+    label_field: Optional[str] = _doc("the label field; `null`: `label` with `task=classification` (the Hugging Face "
+                                     "datasets convention), else unlabelled text (masked LM)")
     tokenizer: Optional[str] = _doc("a folder with `tokenizer.json` or `vocab.txt` (default: `model.pretrained`); "
                                     "`null`: bytes")
     val_fraction: float = _open_unit("the share held out for eval: the tail of the token stream (`text`); "
@@ -420,6 +421,9 @@ def check_keys(cfg: DictConfig) -> None:
     a schema may hold any keys."""
     known = [*SCHEMAS, *TOP_LEVEL_DOCS]
     for key in cfg:
+        if key == "recipes":  # a recipe file without its package line: its keys went under recipes.
+            raise ConfigError("+recipes=...: the recipe's keys landed under 'recipes.', not at the top; begin the "
+                              "file with the line `# @package _global_`, as recipes/*.yaml do")
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
             raise ConfigError(f"{key}: unknown top-level key" + (f" (did you mean {hint[0]}?)" if hint else
@@ -457,8 +461,9 @@ def validate(cfg: DictConfig) -> None:
     tasks = ("auto", "lm", "mlm", "classification")
     if cfg.task not in tasks:
         raise ConfigError(f"task={cfg.task}: choose from {', '.join(tasks)}")
-    if cfg.task == "classification" and not cfg.data.get("label_field"):
-        raise ConfigError("task=classification: set data.label_field (and data=jsonl or data=csv)")
+    if cfg.task == "classification" and "label_field" not in cfg.data:
+        raise ConfigError(f"task=classification: data._target_={cfg.data.get('_target_')} has no labels; use data=jsonl "
+                          "or data=csv (their data.label_field, `label` unless set)")
     # A user's own model config need not have these keys.
     model = cfg.model
     if "hidden_size" in model and "num_heads" in model and model.hidden_size % model.num_heads:

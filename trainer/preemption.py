@@ -1,7 +1,10 @@
 """SIGTERM, SIGINT and SIGUSR1 (SLURM's warning before a time limit) ask the loop to stop cleanly.
 
 The loop finishes the optimizer step it is in, writes a checkpoint and raises Preempted. A
-second Ctrl-C does not wait: the first one restores Python's own SIGINT handler.
+second Ctrl-C does not wait: the first one restores Python's own SIGINT handler. Before the
+loop (start-up: imports, config, data, model) there is nothing to save: a stop signal ends the
+command at once, as an exception (Interrupted, or Python's own KeyboardInterrupt for Ctrl-C), so
+that the command can say so and clean up instead of dying without a line.
 """
 
 from __future__ import annotations
@@ -20,8 +23,46 @@ class Preempted(Exception):
         self.exit_code = 128 + signum
 
 
+class Interrupted(BaseException):
+    """A stop signal outside the loop. A BaseException, as KeyboardInterrupt is, so that no
+    `except Exception` on the way takes it for an error."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: list[int] = []  # stop signals before the loop, in case code on the way swallowed one
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+def stop_during_startup() -> None:
+    """From now on until StopRequest takes them, a stop signal raises at once: Interrupted, or
+    KeyboardInterrupt for Ctrl-C (SIGTERM's default kills without a word). Each is also recorded:
+    an import that catches everything can swallow the exception, and the loop must not start then."""
+    for s in SIGNALS:
+        signal.signal(s, _interrupt)
+
+
+def signal_number(e: BaseException) -> int:
+    """The signal behind Interrupted or KeyboardInterrupt."""
+    return getattr(e, "signum", signal.SIGINT)
+
+
+def describe(signum: int) -> str:
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 class StopRequest:
     """While entered, records the first stop signal instead of dying on it."""
+
+    entered = False  # in this process, ever: a later KeyboardInterrupt is a second Ctrl-C
 
     def __init__(self) -> None:
         from trainer.ranks import world
@@ -36,6 +77,9 @@ class StopRequest:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self) -> "StopRequest":
+        if _received:  # a start-up signal whose exception something on the way swallowed
+            raise Interrupted(_received[0])
+        StopRequest.entered = True
         for s in SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
         return self

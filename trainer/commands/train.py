@@ -6,17 +6,19 @@ workers, which run this same command and train into the same run dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import cli, config, ranks
+from trainer import cli, config, preemption, preflight, ranks
 from trainer.config import CONF_DIR, ConfigError
 
 NAME = "train"
@@ -46,16 +48,6 @@ def _job_failed(run_dir: Path, message: str) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def task(cfg: DictConfig) -> float:
     """Hydra's task: build the run from cfg, train, and return the final eval loss (for sweepers)."""
-    # Imported here so that `trainer --help` and config errors stay fast.
-    from trainer import distributed
-    from trainer.build import build, preflight
-    from trainer.checkpointing.checkpoint import CheckpointWriteError
-    from trainer.checkpointing.lock import RunLock
-    from trainer.monitoring.display import Display
-    from trainer.guard import Diverged
-    from trainer.loop import train
-    from trainer.preemption import Preempted
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     if sweep:
@@ -82,53 +74,86 @@ def task(cfg: DictConfig) -> float:
             _job_failed(run_dir, message)
         cli.fail(e)
 
-    if cfg.trainer.nproc_per_node > 1 and not ranks.is_worker():
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+    with _stopped_during_startup(run_dir, fresh, discard_if_fresh):
         try:
-            preflight(cfg)  # bad input is one line here, not one per worker
+            notes = preflight.check(cfg, HydraConfig.get().overrides.task)  # before torch: answers at once
         except Exception as e:
             refuse(e)
-        print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
+        # Imported for a config that passed: torch alone takes seconds to import.
+        from trainer import distributed
+        from trainer.build import build, check_classes, resolve_device
+        from trainer.checkpointing.checkpoint import CheckpointWriteError
+        from trainer.checkpointing.lock import RunLock
+        from trainer.guard import Diverged
+        from trainer.loop import train
+        from trainer.monitoring.display import Display
+
+        if cfg.trainer.nproc_per_node > 1 and not ranks.is_worker():
+            overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+            try:  # bad input is one line here, not one per worker
+                check_classes(cfg)
+                resolve_device(cfg.trainer.device.name)
+            except Exception as e:
+                refuse(e)
+            print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
+            try:
+                with cli.users_hydra_full_error():  # the workers report errors as the user asked
+                    distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
+            except SystemExit as stop:
+                if stop.code == 2:  # the workers refused the input, each said why
+                    discard_if_fresh()
+                if sweep and stop.code in (1, 2):  # a failed job, not a stop signal (128 + signal)
+                    _job_failed(run_dir, f"its workers exited with code {stop.code} (their lines are above)")
+                raise
+            # A sweeper (Optuna) minimises what the task returns: rank 0's result, from its summary.
+            return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
+        world = ranks.world()
         try:
-            with cli.users_hydra_full_error():  # the workers report errors as the user asked
-                distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
-        except SystemExit as stop:
-            if stop.code == 2:  # the workers refused the input, each said why
-                discard_if_fresh()
-            if sweep and stop.code in (1, 2):  # a failed job, not a stop signal (128 + signal)
-                _job_failed(run_dir, f"its workers exited with code {stop.code} (their lines are above)")
+            lock = RunLock(run_dir) if world.main else None  # one writer per run dir
+            run = build(cfg)
+        except Exception as e:
+            # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
+            refuse(e)
+        display = Display(cfg.trainer.max_steps, quiet=not world.main)
+        display.start(cfg, run_dir, str(run.device) + (f" x {world.size} processes" if world.size > 1 else ""),
+                      sum(p.numel() for p in run.params))
+        for note in [*notes, *run.notes]:
+            display.note(note)
+        try:
+            summary = train(run, run_dir, display, hparams=run_settings(HydraConfig.get()),
+                            on_start=lambda: _write_hydra_files(run_dir, hydra_files))
+        except (preemption.Preempted, Diverged, CheckpointWriteError) as e:
+            if sweep and not isinstance(e, preemption.Preempted):  # a stop signal stops the sweep; a failed job does not
+                _job_failed(run_dir, str(e))
+            if world.main:  # every rank stops at the same step for the same reason: say it once
+                print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except ConfigError as e:  # a checkpoint that does not fit, found while resuming
+            refuse(e)
+        if world.main:  # for scripts, and for the launcher to hand a sweeper the objective
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        display.finish(summary, run_dir)
+        if lock:
+            lock.release()
+        return summary["final eval loss"]
+
+
+@contextlib.contextmanager
+def _stopped_during_startup(run_dir: Path, fresh: bool, discard: Callable[[], None]) -> Iterator[None]:
+    """A stop signal before the loop takes it (preemption.StopRequest): one line, exit 128 +
+    signal; a run dir this command made goes (no step was trained into it), an existing run's
+    dir stays as it was. After the loop took a first Ctrl-C, a second one is main's to report."""
+    try:
+        yield
+    except (KeyboardInterrupt, preemption.Interrupted) as e:
+        if preemption.StopRequest.entered:
             raise
-        # A sweeper (Optuna) minimises what the task returns: rank 0's result, from its summary.
-        return json.loads((run_dir / "summary.json").read_text())["final eval loss"]
-    world = ranks.world()
-    try:
-        lock = RunLock(run_dir) if world.main else None  # one writer per run dir
-        run = build(cfg)
-    except Exception as e:
-        # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
-        refuse(e)
-    display = Display(cfg.trainer.max_steps, quiet=not world.main)
-    display.start(cfg, run_dir, str(run.device) + (f" x {world.size} processes" if world.size > 1 else ""),
-                  sum(p.numel() for p in run.params))
-    for note in run.notes:
-        display.note(note)
-    try:
-        summary = train(run, run_dir, display, hparams=run_settings(HydraConfig.get()),
-                        on_start=lambda: _write_hydra_files(run_dir, hydra_files))
-    except (Preempted, Diverged, CheckpointWriteError) as e:
-        if sweep and not isinstance(e, Preempted):  # a stop signal stops the sweep; a failed job does not
-            _job_failed(run_dir, str(e))
-        if world.main:  # every rank stops at the same step for the same reason: say it once
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except ConfigError as e:  # a checkpoint that does not fit, found while resuming
-        refuse(e)
-    if world.main:  # for scripts, and for the launcher to hand a sweeper the objective
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    display.finish(summary, run_dir)
-    if lock:
-        lock.release()
-    return summary["final eval loss"]
+        if ranks.world().size == 1:  # workers share the dir: the launcher's own start-up line suffices
+            discard()
+        signum = preemption.signal_number(e)
+        print(f"error: stopped by {preemption.describe(signum)} during start-up, before the first step; "
+              + ("nothing was kept" if fresh else f"{run_dir} is as it was"), file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 def _hydra_files(cfg: DictConfig) -> dict[str, str]:
@@ -140,9 +165,12 @@ def _hydra_files(cfg: DictConfig) -> dict[str, str]:
 
 
 def _write_hydra_files(run_dir: Path, files: dict[str, str]) -> None:
+    """Each file whole or not at all (a resumed run's are replaced): a temp file, then a rename."""
     (run_dir / ".hydra").mkdir(exist_ok=True)
     for name, text in files.items():
-        (run_dir / ".hydra" / name).write_text(text)
+        tmp = run_dir / ".hydra" / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(run_dir / ".hydra" / name)
 
 
 def _value(text: str) -> object:
@@ -185,6 +213,35 @@ def name_jobs_by_sweep(args: list[str]) -> list[str]:
     return [*args[:at], f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]", *args[at:]]
 
 
+@contextlib.contextmanager
+def one_repository_per_listing(searchpath: list[str]) -> Iterator[None]:
+    """For --help: Hydra lists each group's options with get_group_options, which builds and
+    deep-copies a whole config repository (the ConfigStore included) per call: about 120 calls,
+    2-3 s of CPU. Help only reads, so one repository per (config, overrides) serves every call.
+    It is built with the user's hydra.searchpath overrides (searchpath), which Hydra's listing
+    leaves out, so that their options are listed too. Should Hydra's internals change, help is
+    as slow as before, and lists what Hydra lists."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    make = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
+    if make is None:
+        yield
+        return
+    made: dict[tuple[int, str | None, tuple[str, ...]], object] = {}
+
+    def once(self: ConfigLoaderImpl, config_name: str | None, overrides: list[str]) -> object:
+        key = (id(self), config_name, tuple(overrides))
+        if key not in made:
+            made[key] = make(self, config_name, [*overrides, *(o for o in searchpath if o not in overrides)])
+        return made[key]
+
+    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = once
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl._parse_overrides_and_create_caching_repo = make
+
+
 def main(argv: list[str]) -> None:
     worker = ranks.is_worker()
     if worker:
@@ -198,13 +255,21 @@ def main(argv: list[str]) -> None:
         if not world.main:  # quiet: rank 0 writes the dir's .hydra/ and train.log
             logging.getLogger("trainer").setLevel(logging.WARNING)
     try:
-        cli.run_hydra(task, name_jobs_by_sweep(argv))
+        helping = {"-h", "--help", "--hydra-help"} & set(argv)
+        searchpath = [a for a in argv if a.startswith("hydra.searchpath=")]
+        with one_repository_per_listing(searchpath) if helping else contextlib.nullcontext():
+            cli.run_hydra(task, name_jobs_by_sweep(argv))
         if worker:
             distributed.finish()
     except JobFailed:  # Hydra ran every job, then raised the first failure
         failed, jobs = _sweep["failed"], _sweep["jobs"]
         print(f"error: {len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:  # the second Ctrl-C: the first one asked for a clean stop
-        print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, preemption.Interrupted) as e:
+        signum = preemption.signal_number(e)
+        if preemption.StopRequest.entered:  # the first Ctrl-C asked the loop for a clean stop
+            print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before", file=sys.stderr)
+        else:  # before Hydra's job began: nothing was made
+            print(f"error: stopped by {preemption.describe(signum)} during start-up, before the first step",
+                  file=sys.stderr)
+        sys.exit(128 + signum)

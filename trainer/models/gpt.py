@@ -10,7 +10,7 @@ from trainer.models.transformer import Encoder
 
 
 class GPT(nn.Module):
-    TASKS = ("lm",)  # what build.check_capabilities pairs with the data's TASKS and the `task` key
+    TASKS = ("lm",)  # what trainer.capabilities pairs with the data's TASKS and the `task` key
 
     def __init__(self, *, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int,
                  dropout: float, max_seq_len: int, vocab_size: int):

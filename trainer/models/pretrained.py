@@ -7,29 +7,15 @@ not understood is reported instead of silently dropped.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from trainer.config import ConfigError
-
-# config.json key -> model config key
-_ARCH = {
-    "num_hidden_layers": "num_layers",
-    "hidden_size": "hidden_size",
-    "num_attention_heads": "num_heads",
-    "intermediate_size": "intermediate_size",
-    "max_position_embeddings": "max_seq_len",
-    "vocab_size": "vocab_size",
-    "type_vocab_size": "type_vocab_size",
-    "layer_norm_eps": "layer_norm_eps",
-    "hidden_dropout_prob": "dropout",
-}
+from trainer.pretrained_config import folder_file
 
 # Hugging Face name (after the "bert." prefix is dropped) -> trainer's name. \1 is a layer index.
 _NAMES = [
@@ -58,31 +44,6 @@ _IGNORED = re.compile(r"^cls\.predictions\.decoder\.(weight|bias)$|^cls\.seq_rel
 _HEADS = re.compile(r"^(mlm|pooler|classifier)\.")
 
 
-def _file(folder: Path, name: str) -> Path:
-    path = folder / name
-    if not path.is_file():
-        raise ConfigError(f"model.pretrained={folder}: no {name} in it (a Hugging Face-format folder: "
-                          "config.json, model.safetensors, tokenizer.json or vocab.txt)")
-    return path
-
-
-def architecture(folder: str | Path) -> dict[str, Any]:
-    """The model config keys that config.json fixes."""
-    path = _file(Path(folder), "config.json")
-    try:
-        hf = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if hf.get("model_type", "bert") != "bert":
-        raise ConfigError(f"{path}: model_type={hf['model_type']}, model=bert loads BERT checkpoints only")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ConfigError(f"{path}: hidden_act={hf['hidden_act']}, the native BERT uses exact gelu")
-    missing = [k for k in _ARCH if k not in hf]
-    if missing:
-        raise ConfigError(f"{path}: missing {', '.join(missing)}")
-    return {ours: hf[theirs] for theirs, ours in _ARCH.items()}
-
-
 def _rename(name: str) -> str | None:
     name = name.removeprefix("bert.")
     for pattern, ours in _NAMES:
@@ -96,7 +57,7 @@ def load(model: nn.Module, folder: str | Path) -> list[str]:
 
     Unknown or missing encoder keys and shape mismatches are a ConfigError naming them.
     """
-    path = _file(Path(folder), "model.safetensors")
+    path = folder_file(Path(folder), "model.safetensors")
     try:
         theirs = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for a damaged file
