@@ -88,10 +88,13 @@ def test_sigterm_writes_a_checkpoint_of_the_current_step_and_exits_non_zero(tmp_
     assert "stopped by SIGTERM after step" in err and "checkpoint.resume=auto" in err
     stopped_at = int(err.split("after step ")[1].split(";")[0])
     assert (tmp_path / "checkpoints" / f"step_{stopped_at:08d}.pt").exists()
+    assert f"[ERROR] stopped by SIGTERM after step {stopped_at}; checkpoint: " in (tmp_path / "train.log").read_text()
 
     resumed = run_cli("train", *LONG, "checkpoint.resume=auto", f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {stopped_at}" in resumed.stdout
+    assert f"[INFO] resumed from {tmp_path / 'checkpoints' / f'step_{stopped_at:08d}.pt'} at step {stopped_at}" in (
+        tmp_path / "train.log").read_text()
     assert max(per_step(tmp_path, "train/loss")) == 400
 
 
@@ -438,6 +441,8 @@ def test_a_refused_command_leaves_the_run_and_the_outputs_dir_as_they_were(tmp_p
     refused = run_cli("train", *TINY, "trainer.max_steps=4", "model.hidden_size=64", "checkpoint.resume=auto",
                       f"hydra.run.dir={run_dir}")
     assert refused.returncode == 2 and "model.hidden_size=32, but the config says 64" in refused.stderr
+    last = (run_dir / "train.log").read_text().splitlines()[-1]  # the refusal is kept with the run
+    assert "[ERROR] " in last and "model.hidden_size=32, but the config says 64" in last
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     # .hydra/, config.yaml, events, checkpoints as they were (train.log gains the refusal's time;
     # .lock holds whoever last held the lock, the refused command too, for a moment)

@@ -269,11 +269,16 @@ def test_a_stop_signal_during_start_up_is_one_line_and_leaves_nothing_half_done(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum
     name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM"
-    left = f"{run_dir} is as it was" if existing else "nothing was kept"
-    assert err.strip().splitlines() == [f"error: stopped by {name} during start-up, before the first step; {left}"]
+    left = f"{run_dir} is as it was but for this line in train.log" if existing else "nothing was kept"
+    said = f"stopped by {name} during start-up, before the first step; {left}"
+    assert err.strip().splitlines() == [f"error: {said}"]
     if existing:
-        # .lock names the newest holder's pid (checkpointing/lock.py); everything else is untouched
-        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+        # .lock names the newest holder's pid (checkpointing/lock.py); train.log gains the line
+        log = run_dir / "train.log"
+        added = log.read_bytes()[len(before.pop(log)):].decode().splitlines()
+        assert len(added) == 1 and added[0].endswith(f"[ERROR] {said}")
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name not in (".lock", "train.log")} \
+            == before
     else:
         assert not run_dir.exists()
 

@@ -204,6 +204,8 @@ def test_bad_input_found_by_the_workers_is_their_line_and_exit_2(tmp_path):
     # Each rank that got there first says it once; the launcher may stop the other before it does.
     lines = [f"error (rank {r}): data.train_file=/no/such.jsonl: no such file" for r in (0, 1)]
     assert said and len(set(said)) == len(said) and set(said) <= set(lines), said
+    # and nothing else: not the launcher's "Sending process N closing signal", "failed (exitcode: 2)"
+    assert done.stderr.strip().splitlines() == said, done.stderr[-3000:]
 
 
 def test_fsdp_equals_one_process_and_checkpoints_shards_that_resume_exactly(tmp_path):

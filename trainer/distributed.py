@@ -8,6 +8,7 @@ by DDP or FSDP2's fully_shard.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
 
@@ -99,9 +100,20 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return [block for m in model.modules() if isinstance(m, nn.ModuleList) for block in m]
 
 
-def launch(nproc: int, args: list[str]) -> None:
+class _LauncherLines(logging.Filter):
+    """Drops the elastic launcher's own log lines (`W... Sending process N closing signal SIGTERM`,
+    `E... failed (exitcode: 2)`): every way a job ends is already one line from trainer (the
+    workers' refusal, the stop with its checkpoint, or launch()'s line naming the failed rank)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(("torch.distributed.elastic", "torch.distributed.run"))
+
+
+def launch(nproc: int, args: list[str], quiet: bool = True) -> None:
     """Run `trainer train ARGS` in nproc workers on this node through torch's elastic launcher,
-    exactly as `torchrun --standalone --nproc-per-node=N -m trainer train ARGS` would."""
+    exactly as `torchrun --standalone --nproc-per-node=N -m trainer train ARGS` would.
+
+    quiet: without the launcher's log lines (HYDRA_FULL_ERROR=1 keeps them, for debugging)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -111,6 +123,15 @@ def launch(nproc: int, args: list[str]) -> None:
          # and SLURM's warning before the time limit, so the workers checkpoint on it too
          "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
          "--module", "trainer", "train", *args])
+    handlers = set()  # the handlers that print the launcher's records: torch's, torch.distributed's
+    for name in ("torch.distributed.run", "torch.distributed.elastic.agent"):
+        logger: logging.Logger | None = logging.getLogger(name)
+        while quiet and logger:
+            handlers.update(logger.handlers)
+            logger = logger.parent if logger.propagate else None
+    hide = _LauncherLines()
+    for handler in handlers:
+        handler.addFilter(hide)
     try:
         run(parsed)
     except SignalException as e:
@@ -126,3 +147,6 @@ def launch(nproc: int, args: list[str]) -> None:
         print(f"error: worker rank {rank} {how}; the job was stopped (its own error, if any, is above)",
               file=sys.stderr)
         sys.exit(1)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hide)

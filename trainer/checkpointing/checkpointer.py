@@ -39,14 +39,14 @@ class Checkpointer:
         if self.resume_from == "auto":
             found = checkpoint.latest(self.dir, skipped=self.display.note)
             if found is None:
-                self.display.print(f"checkpoint.resume=auto: no checkpoint in {self.dir}, starting fresh")
+                self.display.note(f"checkpoint.resume=auto: no checkpoint in {self.dir}, starting fresh")
                 return 0
             path, saved = found
         else:
             path = Path(self.resume_from)
             saved = checkpoint.load(path)
         step = self._restore(path, saved)
-        self.display.print(f"resumed from {path} at step {step}")
+        self.display.note(f"resumed from {path} at step {step}")
         return step
 
     def _restore(self, path: Path, saved: dict[str, Any]) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -38,9 +39,15 @@ class JobFailed(Exception):
 
 _sweep: dict[str, list[str]] = {"jobs": [], "failed": []}  # this process's sweep jobs, by dir name
 
+# Inside Hydra's job, its logging (conf/config.yaml) sends this to RUN_DIR/train.log only: the
+# lines that end a run (refusal, stop, failure) are kept there too, beside the terminal's copy.
+log = logging.getLogger("trainer")
+
 
 def _job_failed(run_dir: Path, message: str) -> None:
     print(f"error: job {run_dir.name}: {message}", file=sys.stderr)
+    if ranks.world().main:
+        log.error(message)
     _sweep["failed"].append(run_dir.name)
     raise JobFailed(message)
 
@@ -67,9 +74,11 @@ def task(cfg: DictConfig) -> float:
 
     def refuse(e: BaseException) -> None:
         """One line and exit 2 (cli.fail), without leaving an empty run dir behind."""
+        message = cli.user_message(e)
+        if message is not None and not sweep and ranks.world().main:  # a sweep's job logs it in _job_failed
+            log.error(message)
         if ranks.world().size == 1:  # workers share the dir: the launcher discards it once they are done
             discard_if_fresh()
-        message = cli.user_message(e)
         if sweep and message is not None:  # the sweep goes on with the other jobs
             _job_failed(run_dir, message)
         cli.fail(e)
@@ -98,7 +107,8 @@ def task(cfg: DictConfig) -> float:
             print(f"starting {cfg.trainer.nproc_per_node} workers (torch elastic launcher); outputs: {run_dir}")
             try:
                 with cli.users_hydra_full_error():  # the workers report errors as the user asked
-                    distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)])
+                    distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)],
+                                   quiet=not cli.FULL_ERROR)
             except SystemExit as stop:
                 if stop.code == 2:  # the workers refused the input, each said why
                     discard_if_fresh()
@@ -127,6 +137,7 @@ def task(cfg: DictConfig) -> float:
                 _job_failed(run_dir, str(e))
             if world.main:  # every rank stops at the same step for the same reason: say it once
                 print(f"error: {e}", file=sys.stderr)
+                log.error(str(e))
             sys.exit(e.exit_code)
         except ConfigError as e:  # a checkpoint that does not fit, found while resuming
             refuse(e)
@@ -151,8 +162,11 @@ def _stopped_during_startup(run_dir: Path, fresh: bool, discard: Callable[[], No
         if ranks.world().size == 1:  # workers share the dir: the launcher's own start-up line suffices
             discard()
         signum = preemption.signal_number(e)
-        print(f"error: stopped by {preemption.describe(signum)} during start-up, before the first step; "
-              + ("nothing was kept" if fresh else f"{run_dir} is as it was"), file=sys.stderr)
+        message = (f"stopped by {preemption.describe(signum)} during start-up, before the first step; "
+                   + ("nothing was kept" if fresh else f"{run_dir} is as it was but for this line in train.log"))
+        print(f"error: {message}", file=sys.stderr)
+        if not fresh and ranks.world().main:
+            log.error(message)
         sys.exit(128 + signum)
 
 
@@ -242,22 +256,43 @@ def one_repository_per_listing(searchpath: list[str]) -> Iterator[None]:
         ConfigLoaderImpl._parse_overrides_and_create_caching_repo = make
 
 
+@contextlib.contextmanager
+def mode_from_the_command_line(argv: list[str]) -> Iterator[None]:
+    """Hydra 1.3 composes the whole config once only to read hydra.mode (Hydra.get_mode), and
+    again to run: 0.25-0.3 s of a config error's ~1.2 s. trainer's configs and recipes never set
+    hydra.mode, so here the command line decides it (-m), as get_mode returning None makes Hydra
+    do. Not when the command line sets hydra.mode or adds a config dir (whose files might)."""
+    from hydra._internal.hydra import Hydra
+
+    own = ("hydra.mode=", "+hydra.mode=", "++hydra.mode=", "hydra.searchpath=", "--config-dir", "-cd")
+    get_mode = getattr(Hydra, "get_mode", None)
+    if get_mode is None or any(a.startswith(own) for a in argv):
+        yield
+        return
+    Hydra.get_mode = lambda self, config_name, overrides: None
+    try:
+        yield
+    finally:
+        Hydra.get_mode = get_mode
+
+
 def main(argv: list[str]) -> None:
     worker = ranks.is_worker()
     if worker:
         # Started by torchrun: join the group, and take rank 0's clock for the run dir's name.
-        import logging
-
         from trainer import distributed
 
         world = distributed.init()
         config.started(distributed.shared_start_time())
         if not world.main:  # quiet: rank 0 writes the dir's .hydra/ and train.log
-            logging.getLogger("trainer").setLevel(logging.WARNING)
+            log.setLevel(logging.WARNING)
     try:
         helping = {"-h", "--help", "--hydra-help"} & set(argv)
         searchpath = [a for a in argv if a.startswith("hydra.searchpath=")]
-        with one_repository_per_listing(searchpath) if helping else contextlib.nullcontext():
+        with contextlib.ExitStack() as shortcuts:
+            if helping:
+                shortcuts.enter_context(one_repository_per_listing(searchpath))
+            shortcuts.enter_context(mode_from_the_command_line(argv))
             cli.run_hydra(task, name_jobs_by_sweep(argv))
         if worker:
             distributed.finish()
