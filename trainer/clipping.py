@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch.distributed.tensor import DTensor
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from trainer.controller import Controller
@@ -32,6 +31,10 @@ def total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tenso
     clip_grad_norm_ does). Under DDP the gradients are already all-reduced, so every rank has it.
     """
     norm = get_total_norm(grads, norm_type, foreach=True)
+    if type(norm) is torch.Tensor:  # one process, or DDP: DTensor is not imported (a second of start-up)
+        return norm
+    from torch.distributed.tensor import DTensor
+
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
