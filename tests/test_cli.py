@@ -203,8 +203,9 @@ def test_an_invalid_job_does_not_stop_the_sweep(tmp_path):
 def test_summary_numbers_read_as_numbers():
     from trainer.monitoring.display import readable
 
-    assert [readable(v) for v in (32768.0, 2.47612345, 123456.7, 300, float("nan"), "dir")] == \
-        ["32768", "2.4761", "123457", "300", "nan", "dir"]
+    values = (32768.0, 2.47612345, 123456.7, 300, 9559.9368, 65.4425, 0.6, 0.000123456, float("nan"), "dir")
+    assert [readable(v) for v in values] == \
+        ["32768", "2.4761", "123457", "300", "9559.9", "65.442", "0.6", "0.00012346", "nan", "dir"]
 
 
 def users_config_dir(root: Path) -> Path:

@@ -42,12 +42,13 @@ def _line(step: int, max_steps: int, m: dict[str, float], scale: float, lr: floa
 
 def readable(value: object) -> str:
     """A summary value for reading: whole numbers without decimals (a loss scale of 32768, not
-    32768.0000), large ones rounded, others to four decimals."""
+    32768.0000), large ones rounded, others to five significant digits (a loss of 2.4761,
+    9559.9 tokens/s, a clip fraction of 0.6)."""
     if not isinstance(value, float) or value != value or value in (float("inf"), float("-inf")):
         return str(value)
     if value.is_integer() or abs(value) >= 1e4:
         return f"{value:.0f}"
-    return f"{value:.4f}"
+    return f"{value:.5g}"
 
 
 class Display:
