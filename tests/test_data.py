@@ -62,3 +62,42 @@ def test_files_that_are_not_text_are_skipped_with_a_line_and_a_folder_asks_for_a
         TextData(files=str(tmp_path), seq_len=16, text_field="text", val_fraction=0.1)
     with pytest.raises(ConfigError, match="matches no text file"):
         TextData(files=str(tmp_path / "*.[bd]*"), seq_len=16, text_field="text", val_fraction=0.1)
+
+
+# Records as other tools write them: json.dumps(ensure_ascii=False) keeps U+2028/U+2029/U+0085 raw
+# inside strings (valid JSON), Windows tools write a UTF-8 BOM and CRLF, and a CSV field may be
+# quoted over several lines.
+ODD_TEXTS = ["line\u2028separator", "para\u2029graph", "next\u0085line", "plain"]
+
+
+def test_jsonl_is_split_on_newlines_only_with_bom_and_crlf_accepted(tmp_path):
+    from trainer.data.labelled import read_records
+
+    path = tmp_path / "train.jsonl"
+    body = "\r\n".join(json.dumps({"text": t, "label": "a"}, ensure_ascii=False) for t in ODD_TEXTS)
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert [r["text"] for r in read_records(path, ["text", "label"], "data.train_file")] == ODD_TEXTS
+    (tmp_path / "lm.jsonl").write_bytes(path.read_bytes())  # the same file as language-model text
+    data = TextData(files=str(tmp_path / "lm.jsonl"), seq_len=4, text_field="text", val_fraction=0.25)
+    stream = torch.cat([data.train.stream, data.eval.stream])
+    assert stream.tolist() == [t for doc in ODD_TEXTS for t in encode(doc).tolist() + [EOS_ID]]
+
+
+def test_csv_rows_are_the_csv_modules_with_a_bom_and_quoted_newlines(tmp_path):
+    from trainer.data.labelled import read_records
+
+    path = tmp_path / "train.csv"
+    path.write_bytes(b'\xef\xbb\xbftext,label\r\n"two\r\nlines",a\r\n"line\xe2\x80\xa8sep",b\r\n')
+    assert read_records(path, ["text", "label"], "data.train_file") == [
+        {"text": "two\nlines", "label": "a"}, {"text": "line\u2028sep", "label": "b"}]
+
+
+@pytest.mark.parametrize("record, said", [({"label": "a"}, "no 'text' field"), ({"text": "", "label": "a"}, "'text' is empty"),
+                                          ({"text": None, "label": "a"}, "'text' is null"), (["text"], "not a JSON object")])
+def test_a_record_without_usable_text_says_which_way(tmp_path, record, said):
+    from trainer.data.labelled import read_records
+
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"text": "fine", "label": "a"}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}:2: {said}")):
+        read_records(path, ["text", "label"], "data.train_file")

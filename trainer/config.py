@@ -125,7 +125,8 @@ class TextDataConfig(DataConfig):
 @dataclass
 class LabelledDataConfig(DataConfig):
     _target_: str = MISSING
-    train_file: str = _doc("the training records (`.jsonl`: one JSON object per line; `.csv`: a header row)")
+    train_file: str = _doc("the training records (`.jsonl`: one JSON object per line, split on newlines only; "
+                           "`.csv`: a header row, quoted fields may span lines; a UTF-8 byte-order mark is fine)")
     eval_file: Optional[str] = _doc("held-out records; `null`: hold out `val_fraction` of `train_file`")
     text_field: str = _doc("the field holding the text (in `.jsonl` lines or records)")
     text_pair_field: Optional[str] = _doc("a second text field: the pair is encoded as `[CLS] a [SEP] b [SEP]` "

@@ -8,7 +8,6 @@ the built-in byte tokenizer.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.config import ConfigError
+from trainer.data import lines
 from trainer.data import tokenizer as wordpiece
 from trainer.data import tokens
 
@@ -26,21 +26,24 @@ def read_records(path: Path, fields: list[str], key: str) -> list[dict[str, Any]
     key is the config key that named the file, for the error messages."""
     if not path.is_file():
         raise ConfigError(f"{key}={path}: no such file")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = lines.read_text(path)
     if path.suffix == ".csv":
-        rows = list(enumerate(csv.DictReader(text.splitlines()), 2))
+        rows = list(lines.csv_rows(text))
     else:
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError:
-                    raise ConfigError(f"{path}:{n}: not valid JSON") from None
+        for n, line in lines.json_lines(text):
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError:
+                raise ConfigError(f"{path}:{n}: not valid JSON") from None
     for n, row in rows:
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{n}: not a JSON object")
         for field in fields:
-            if not isinstance(row, dict) or row.get(field) in (None, ""):
+            if field not in row:
                 raise ConfigError(f"{path}:{n}: no '{field}' field")
+            if row[field] is None or row[field] == "":
+                raise ConfigError(f"{path}:{n}: '{field}' is {'null' if row[field] is None else 'empty'}")
     if not rows:
         raise ConfigError(f"{key}={path}: no records")
     return [row for _, row in rows]

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.config import ConfigError
-from trainer.data import tokens
+from trainer.data import lines, tokens
 
 
 class Windows(Dataset):
@@ -40,15 +40,13 @@ def not_text(data: bytes) -> str | None:
 def read_documents(path: Path, text_field: str) -> list[str]:
     """A .jsonl file gives one document per line (its text_field); any other file is one document."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = lines.read_text(path)
     except OSError as e:
         raise ConfigError(f"data.files: cannot read {path}: {e.strerror}") from None
     if path.suffix != ".jsonl":
         return [text]
     docs = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in lines.json_lines(text):
         try:
             docs.append(json.loads(line)[text_field])
         except (json.JSONDecodeError, KeyError, TypeError):
