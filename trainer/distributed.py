@@ -124,9 +124,9 @@ def launch(nproc: int, args: list[str], quiet: bool = True) -> None:
          "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
          "--module", "trainer", "train", *args])
     handlers = set()  # the handlers that print the launcher's records: torch's, torch.distributed's
-    for name in ("torch.distributed.run", "torch.distributed.elastic.agent"):
+    for name in ("torch.distributed.run", "torch.distributed.elastic.agent") if quiet else ():
         logger: logging.Logger | None = logging.getLogger(name)
-        while quiet and logger:
+        while logger:
             handlers.update(logger.handlers)
             logger = logger.parent if logger.propagate else None
     hide = _LauncherLines()

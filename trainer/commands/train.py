@@ -108,7 +108,7 @@ def task(cfg: DictConfig) -> float:
             try:
                 with cli.users_hydra_full_error():  # the workers report errors as the user asked
                     distributed.launch(cfg.trainer.nproc_per_node, [*overrides, config.run_dir_override(run_dir)],
-                                   quiet=not cli.FULL_ERROR)
+                                       quiet=not cli.FULL_ERROR)
             except SystemExit as stop:
                 if stop.code == 2:  # the workers refused the input, each said why
                     discard_if_fresh()
@@ -162,12 +162,16 @@ def _stopped_during_startup(run_dir: Path, fresh: bool, discard: Callable[[], No
         if ranks.world().size == 1:  # workers share the dir: the launcher's own start-up line suffices
             discard()
         signum = preemption.signal_number(e)
-        message = (f"stopped by {preemption.describe(signum)} during start-up, before the first step; "
+        message = (f"{_startup_stop(signum)}; "
                    + ("nothing was kept" if fresh else f"{run_dir} is as it was but for this line in train.log"))
         print(f"error: {message}", file=sys.stderr)
         if not fresh and ranks.world().main:
             log.error(message)
         sys.exit(128 + signum)
+
+
+def _startup_stop(signum: int) -> str:
+    return f"stopped by {preemption.describe(signum)} during start-up, before the first step"
 
 
 def _hydra_files(cfg: DictConfig) -> dict[str, str]:
@@ -305,6 +309,5 @@ def main(argv: list[str]) -> None:
         if preemption.StopRequest.entered:  # the first Ctrl-C asked the loop for a clean stop
             print("error: interrupted at once (second Ctrl-C); the newest checkpoint is from before", file=sys.stderr)
         else:  # before Hydra's job began: nothing was made
-            print(f"error: stopped by {preemption.describe(signum)} during start-up, before the first step",
-                  file=sys.stderr)
+            print(f"error: {_startup_stop(signum)}", file=sys.stderr)
         sys.exit(128 + signum)
