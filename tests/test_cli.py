@@ -149,6 +149,7 @@ def test_multirun_sweep_writes_one_events_file_per_job(tmp_path):
 def test_help_and_cfg_job():
     out = run_cli("--help")
     assert out.returncode == 0 and "trainer train" in out.stdout
+    assert "[--plot OUT.png]" in out.stdout and "[--variant OVERRIDES]" in out.stdout  # every command's flags
     out = run_cli("train", "--cfg", "job", "amp=fp16", "clip.max_norm=0.5")
     assert out.returncode == 0, out.stderr
     assert "max_norm: 0.5" in out.stdout and "init_scale: 65536.0" in out.stdout

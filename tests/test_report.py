@@ -146,3 +146,14 @@ def test_a_run_without_scalars_is_noted_and_json_has_no_nan(tmp_path, capsys):
     assert f"note: starting: {NO_SCALARS}" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="no training scalars"):  # a tree with no scalars at all
         report([tmp_path / "starting"])
+
+
+@pytest.mark.unit
+def test_plot_without_matplotlib_names_the_install_that_cannot_pull_another_project(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ConfigError) as e:
+        plot([tmp_path], [], tmp_path / "out.png")
+    # `trainer[plot]` would install PyPI's unrelated project named trainer
+    assert str(e.value) == "--plot needs matplotlib: pip install matplotlib"
