@@ -40,3 +40,76 @@ def labelled_jsonl(path: Path, n: int = 400, seed: int = 0) -> Path:
             words.insert(rng.randint(0, len(words)), "good" if label == "pos" else "bad")
             f.write(json.dumps({"text": " ".join(words).upper(), "label": label}) + "\n")
     return path
+
+
+# config.json as transformers 2.x wrote it (bert-base-uncased's in 2019): no model_type, no
+# layer_norm_eps, no position_embedding_type; readers fill in BertConfig's defaults.
+OLD_CONFIG = {"attention_probs_dropout_prob": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+              "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 37, "max_position_embeddings": 64,
+              "num_attention_heads": 4, "num_hidden_layers": 2, "type_vocab_size": 2, "vocab_size": 47}
+
+# The layouts folders in the wild have: which classes' keys, which file, how written.
+OLD_LAYOUTS = ("bertmodel-bin", "pretraining-safetensors", "classification-sharded")
+
+
+def old_bert(modern: Path, folder: Path, layout: str, seed: int = 1) -> Path:
+    """The weights of `modern` (a tiny_bert folder) re-written by hand the way older releases and
+    other tools saved BERTs, keys and all:
+
+    - bertmodel-bin: BertModel's keys without a prefix (sentence-transformers' layout), the
+      `embeddings.position_ids` buffer, a pooler, LayerNorm gamma/beta (TF-converted checkpoints),
+      in pytorch_model.bin written by torch.save in its pre-1.6 (non-zip) format;
+    - pretraining-safetensors: BertForPreTraining's keys (`bert.` prefix, `bert.embeddings.position_ids`,
+      `cls.predictions.*` with the tied decoder written out, the NSP head `cls.seq_relationship.*`);
+    - classification-sharded: BertForSequenceClassification's keys (`bert.`, pooler, a 2-label
+      classifier) in two safetensors shards with a model.safetensors.index.json.
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (modern / name).is_file():
+            shutil.copy(modern / name, folder / name)
+    (folder / "config.json").write_text(json.dumps(OLD_CONFIG, indent=2))
+    theirs = load_file(str(modern / "model.safetensors"))  # BertForMaskedLM, as transformers writes it today
+    encoder = {k: v for k, v in theirs.items() if k.startswith("bert.")}
+    g = torch.Generator().manual_seed(seed)
+    hidden = OLD_CONFIG["hidden_size"]
+    pooler = {"bert.pooler.dense.weight": torch.randn(hidden, hidden, generator=g) * 0.02,
+              "bert.pooler.dense.bias": torch.randn(hidden, generator=g) * 0.02}
+    positions = torch.arange(OLD_CONFIG["max_position_embeddings"]).unsqueeze(0)
+    if layout == "bertmodel-bin":
+        state = {k.removeprefix("bert.").replace("LayerNorm.weight", "LayerNorm.gamma")
+                 .replace("LayerNorm.bias", "LayerNorm.beta"): v.clone()
+                 for k, v in {**encoder, **pooler}.items()}
+        state["embeddings.position_ids"] = positions
+        torch.save(state, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    elif layout == "pretraining-safetensors":
+        state = {k: v.clone() for k, v in theirs.items()}
+        state.update(pooler)
+        state["bert.embeddings.position_ids"] = positions
+        state["cls.predictions.decoder.weight"] = theirs["bert.embeddings.word_embeddings.weight"].clone()
+        state["cls.predictions.decoder.bias"] = theirs["cls.predictions.bias"].clone()
+        state["cls.seq_relationship.weight"] = torch.randn(2, hidden, generator=g)
+        state["cls.seq_relationship.bias"] = torch.zeros(2)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    elif layout == "classification-sharded":
+        state = {**{k: v.clone() for k, v in encoder.items()}, **pooler,
+                 "classifier.weight": torch.randn(2, hidden, generator=g) * 0.02, "classifier.bias": torch.zeros(2)}
+        names = sorted(state)
+        shards = {"model-00001-of-00002.safetensors": names[:len(names) // 2],
+                  "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+        for shard, keys in shards.items():
+            save_file({k: state[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+                 "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        config = {**OLD_CONFIG, "architectures": ["BertForSequenceClassification"], "model_type": "bert",
+                  "id2label": {"0": "neg", "1": "pos"}, "label2id": {"neg": 0, "pos": 1}}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    else:
+        raise ValueError(layout)
+    return folder

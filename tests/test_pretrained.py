@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import make_config, run_cli
-from tests.hf_folder import labelled_jsonl, tiny_bert
+from tests.hf_folder import OLD_CONFIG, OLD_LAYOUTS, labelled_jsonl, old_bert, tiny_bert
 from trainer.build import build
 from trainer.monitoring.display import Display
 from trainer.evaluate import classification_metrics
@@ -132,3 +132,101 @@ def test_a_broken_folder_is_one_line_naming_the_file_or_parameter(tmp_path, fold
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0] and str(broken) in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("layout", OLD_LAYOUTS)
+def test_folders_written_the_old_ways_load_as_transformers_loads_them(tmp_path, folder, labelled, layout):
+    """Hand-written folders in the layouts of older releases and other tools: the encoder (and the
+    head the folder has) gives transformers' numbers, loading the same folder."""
+    old = old_bert(folder, tmp_path / layout, layout)
+    task = "classification" if layout == "classification-sharded" else "mlm"
+    run = build(make_config("model=bert", f"model.pretrained={old}", "data=jsonl", f"data.train_file={labelled}",
+                            "data.seq_len=32", "trainer.device=cpu", f"task={task}"))
+    assert run.cfg.model.layer_norm_eps == 1e-12 and run.cfg.model.hidden_act == "gelu"  # config.json's defaults
+    ours = run.model.eval()
+    torch.manual_seed(2)
+    ids = torch.randint(0, 47, (2, 16))
+    with torch.no_grad():
+        reference = transformers.BertModel.from_pretrained(old, add_pooling_layer=True).eval()
+        theirs = reference(input_ids=ids)
+        torch.testing.assert_close(ours.encode(ids), theirs.last_hidden_state, rtol=0, atol=1e-5)
+        if layout == "pretraining-safetensors":
+            mlm = transformers.BertForPreTraining.from_pretrained(old).eval()(input_ids=ids).prediction_logits
+            torch.testing.assert_close(ours.mlm_logits(ours.encode(ids)), mlm, rtol=0, atol=1e-5)
+            assert run.notes[-1].endswith("; not used by task=mlm: bert.pooler.dense.bias, bert.pooler.dense.weight, "
+                                          "cls.seq_relationship.bias, cls.seq_relationship.weight")
+        if layout == "classification-sharded":
+            clf = transformers.BertForSequenceClassification.from_pretrained(old).eval()
+            _, logits = ours(ids, labels=torch.zeros(2, dtype=torch.long), return_logits=True)
+            torch.testing.assert_close(logits, clf(input_ids=ids).logits, rtol=0, atol=1e-5)
+            torch.testing.assert_close(ours.pooler.weight, reference.pooler.dense.weight, rtol=0, atol=0)
+            assert "new (not in it)" not in run.notes[-1]  # the folder's own pooler and classifier
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("key,value,task,expected", [
+    ("position_embedding_type", "relative_key", "mlm", 'position_embedding_type="relative_key", refused: '
+                                                        "the native BERT has learned absolute positions only"),
+    ("hidden_act", "gelu_fast", "mlm", 'hidden_act="gelu_fast", refused: the native BERT computes gelu, gelu_new'),
+    ("is_decoder", True, "mlm", "is_decoder=true, refused: the native BERT is an encoder"),
+    ("tie_word_embeddings", False, "mlm", "tie_word_embeddings=false, refused: the native BERT's masked-LM head is tied"),
+    ("problem_type", "multi_label_classification", "classification",
+     'problem_type="multi_label_classification", refused: model=bert trains single-label classification'),
+    ("hidden_size", None, "mlm", "missing hidden_size"),
+])
+def test_config_json_keys_that_change_the_math_are_read_or_refused_naming_file_and_key(tmp_path, key, value, task,
+                                                                                         expected):
+    from trainer.config import ConfigError
+    from trainer.pretrained_config import architecture
+
+    config = dict(OLD_CONFIG)
+    if value is None:
+        del config[key]
+    else:
+        config[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError) as e:
+        architecture(tmp_path, task)
+    assert str(e.value).startswith(f"{tmp_path / 'config.json'}: {expected}"), str(e.value)
+    config["problem_type"] = "multi_label_classification"  # read by a classifier only
+    config.pop(key, None)
+    config.update({"hidden_size": 32, "hidden_act": "gelu_new", "attention_probs_dropout_prob": 0.25,
+                   "classifier_dropout": 0.5, "position_embedding_type": "absolute"})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    keys = architecture(tmp_path, "mlm")
+    assert (keys["hidden_act"], keys["attention_dropout"], keys["classifier_dropout"], keys["dropout"],
+            keys["layer_norm_eps"]) == ("gelu_new", 0.25, 0.5, 0.0, 1e-12)
+
+
+@pytest.mark.integration
+def test_hidden_act_and_dropouts_from_config_json_reach_the_math(tmp_path, folder, labelled):
+    """gelu_new (tanh) gives transformers' numbers; attention_probs_dropout_prob and
+    classifier_dropout are the model's; a dropout typed on the command line wins over config.json."""
+    import shutil
+
+    tanh = tmp_path / "tanh"
+    shutil.copytree(folder, tanh)
+    config = json.loads((tanh / "config.json").read_text())
+    config.update(hidden_act="gelu_new", attention_probs_dropout_prob=0.3, classifier_dropout=0.4)
+    (tanh / "config.json").write_text(json.dumps(config))
+    common = ["model=bert", f"model.pretrained={tanh}", "data=jsonl", f"data.train_file={labelled}", "data.seq_len=32",
+              "trainer.device=cpu"]
+    run = build(make_config(*common))
+    ours = run.model
+    reference = transformers.BertForMaskedLM.from_pretrained(tanh).eval()
+    ids = torch.randint(0, 47, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval().mlm_logits(ours.encode(ids)), reference(input_ids=ids).logits,
+                                   rtol=0, atol=1e-5)
+        # The tiny model's activations are small, where the two GELUs nearly agree: so the functions themselves.
+        x = torch.linspace(-4, 4, 101)
+        for act in (ours.layers[0].act, ours.mlm.act):
+            torch.testing.assert_close(act(x), transformers.activations.ACT2FN["gelu_new"](x), rtol=0, atol=1e-6)
+            assert (act(x) - torch.nn.functional.gelu(x)).abs().max() > 1e-4
+        # Training mode: only attention dropout is on (hidden_dropout_prob is 0), and it changes the output.
+        assert ours.layers[0].attention_dropout == 0.3 and ours.layers[0].drop.p == 0.0
+        assert not torch.equal(ours.train().encode(ids), ours.eval().encode(ids))
+    typed = ["task=classification", "model.dropout=0.2"]
+    clf = build(make_config(*common, *typed), typed)
+    assert (clf.cfg.model.dropout, clf.cfg.model.attention_dropout, clf.model.drop.p) == (0.2, 0.3, 0.4)

@@ -107,9 +107,15 @@ def check_classes(cfg: DictConfig) -> None:
                        scaler=fsdp and _build("amp", cfg.amp, device=torch.device("cpu")).scaler is not None)
 
 
-def build(cfg: DictConfig) -> Run:
-    """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input."""
-    notes = preflight.check(cfg)
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names) if len(names) <= shown else f"{', '.join(names[:shown - 1])} and {len(names) - shown + 1} more"
+
+
+def build(cfg: DictConfig, command_line: list[str] | tuple[str, ...] = ()) -> Run:
+    """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input.
+
+    command_line: the overrides cfg was composed with (what the user chose over a default)."""
+    notes = preflight.check(cfg, command_line)
     check_classes(cfg)
     pretrained = cfg.model.get("pretrained")
     world = distributed.world()
@@ -134,8 +140,9 @@ def build(cfg: DictConfig) -> Run:
     model = _build("model", cfg.model, vocab_size=vocab_size)  # the same init on every rank
     notes += getattr(data, "notes", [])
     if pretrained:
-        new = hf_pretrained.load(model, pretrained)
-        notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else ""))
+        new, unused = hf_pretrained.load(model, pretrained)
+        notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else "")
+                     + (f"; not used by task={cfg.model.task}: {_some(unused)}" if unused else ""))
     model = model.to(device)
     precision = _build("amp", cfg.amp, device=device)
     if note := cpu_note(precision, device):

@@ -77,6 +77,10 @@ class ModelConfig:
     vocab_size: Optional[int] = _positive("`null`: the data's vocabulary size (its tokenizer's); else at least that")
 
 
+# transformers' names (ACT2FN) for the activations the native BERT computes (trainer/models/bert.py)
+BERT_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+
+
 @dataclass
 class BertConfig(ModelConfig):
     _target_: str = MISSING
@@ -84,11 +88,17 @@ class BertConfig(ModelConfig):
                                   "80% → [MASK], 10% random, 10% kept")
     task: str = _doc("the top-level `task`, resolved (`auto` is `mlm`): set `task`, not this")
     pretrained: Optional[str] = _doc("a Hugging Face-format folder on disk (see \"Fine-tuning a pretrained BERT\"): "
-                                     "its `config.json` sets the architecture keys, its `model.safetensors` the weights")
+                                     "its `config.json` sets the architecture keys, its `model.safetensors` (or `pytorch_model.bin`) the weights")
     type_vocab_size: int = _positive("token types (segments), as BERT's `config.json`")
     layer_norm_eps: float = _positive("LayerNorm epsilon, as BERT's `config.json`")
     mask_token_id: Optional[int] = _non_negative("`null`: the data tokenizer's [MASK]")
     num_labels: Optional[int] = _checked(lambda v: v >= 2, "must be >= 2", "`null`: the number of labels in the data")
+    hidden_act: str = _checked(lambda v: v in BERT_ACTIVATIONS, f"must be one of {', '.join(BERT_ACTIVATIONS)}",
+                               "the MLP's activation, as BERT's `config.json` (`gelu` is exact, `gelu_new` tanh)")
+    attention_dropout: Optional[float] = _fraction("dropout on the attention probabilities; `null`: `dropout` "
+                                                   "(`config.json`: attention_probs_dropout_prob)")
+    classifier_dropout: Optional[float] = _fraction("dropout before the classifier; `null`: `dropout` "
+                                                    "(`config.json`: classifier_dropout)")
 
 
 # ---------------------------------------------------------------- data

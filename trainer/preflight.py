@@ -18,6 +18,7 @@ from trainer.config import ConfigError, check_keys, validate
 
 # Hugging Face datasets name a classification dataset's label column "label".
 DEFAULT_LABEL_FIELD = "label"
+_DROPOUTS = ("dropout", "attention_dropout", "classifier_dropout")
 NO_GPU = "trainer.device=cuda: no CUDA GPU is available here; use trainer.device=cpu or auto"
 
 
@@ -30,8 +31,11 @@ def check(cfg: DictConfig, command_line: Iterable[str] = ()) -> list[str]:
     check_keys(cfg)
     pretrained = cfg.model.get("pretrained")
     if pretrained:  # its config.json fixes the architecture, recorded in config.yaml and checkpoints
-        cfg.model.update(pretrained_config.architecture(pretrained))
-        notes += _fit_seq_len(cfg, Path(pretrained) / "config.json", _typed(command_line))
+        typed = _typed(command_line)
+        keys = pretrained_config.architecture(pretrained, cfg.task)
+        # dropout is a training choice: the command line's wins, as from_pretrained(hidden_dropout_prob=...)
+        cfg.model.update({k: v for k, v in keys.items() if f"model.{k}" not in typed or k not in _DROPOUTS})
+        notes += _fit_seq_len(cfg, Path(pretrained) / "config.json", typed)
     if cfg.task == "classification" and "label_field" in cfg.data and not cfg.data.label_field:
         cfg.data.label_field = DEFAULT_LABEL_FIELD
         notes.append(f"data.label_field={DEFAULT_LABEL_FIELD} (task=classification; the Hugging Face datasets "

@@ -10,19 +10,39 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError
+from trainer.config import BERT_ACTIVATIONS, ConfigError
 
-# config.json key -> model config key
-_ARCH = {
+# config.json key -> model config key. Sizes must be there; the others default as transformers'
+# BertConfig does (configs older releases wrote lack layer_norm_eps, for one).
+_SIZES = {
     "num_hidden_layers": "num_layers",
     "hidden_size": "hidden_size",
     "num_attention_heads": "num_heads",
     "intermediate_size": "intermediate_size",
-    "max_position_embeddings": "max_seq_len",
     "vocab_size": "vocab_size",
-    "type_vocab_size": "type_vocab_size",
-    "layer_norm_eps": "layer_norm_eps",
-    "hidden_dropout_prob": "dropout",
+}
+_DEFAULTED = {  # key: (model config key, transformers' default)
+    "max_position_embeddings": ("max_seq_len", 512),
+    "type_vocab_size": ("type_vocab_size", 2),
+    "layer_norm_eps": ("layer_norm_eps", 1e-12),
+    "hidden_dropout_prob": ("dropout", 0.1),
+    "attention_probs_dropout_prob": ("attention_dropout", 0.1),
+    "classifier_dropout": ("classifier_dropout", None),  # None: the hidden dropout
+    "hidden_act": ("hidden_act", "gelu"),
+}
+
+# config.json keys that change the math but have no model key: the values the native BERT computes
+# (the first is transformers' default, used when the key is absent), and why another is refused.
+_FIXED = {
+    "position_embedding_type": (("absolute",), "the native BERT has learned absolute positions only"),
+    "is_decoder": ((False,), "the native BERT is an encoder (bidirectional attention)"),
+    "add_cross_attention": ((False,), "the native BERT has no cross-attention"),
+    "tie_word_embeddings": ((True,), "the native BERT's masked-LM head is tied to the word embeddings"),
+}
+# Read by a classifier fine-tune only.
+_FIXED_CLASSIFICATION = {
+    "problem_type": ((None, "single_label_classification"),
+                     "model=bert trains single-label classification (cross-entropy)"),
 }
 
 
@@ -31,22 +51,31 @@ def folder_file(folder: Path, name: str) -> Path:
     path = folder / name
     if not path.is_file():
         raise ConfigError(f"model.pretrained={folder}: no {name} in it (a Hugging Face-format folder: "
-                          "config.json, model.safetensors, tokenizer.json or vocab.txt)")
+                          "config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt)")
     return path
 
 
-def architecture(folder: str | Path) -> dict[str, Any]:
-    """The model config keys that config.json fixes."""
+def architecture(folder: str | Path, task: str = "mlm") -> dict[str, Any]:
+    """The model config keys that config.json fixes; a ConfigError, naming the file and key, for a
+    value that would change the math in a way the native BERT does not compute."""
     path = folder_file(Path(folder), "config.json")
     try:
         hf = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{path}: not a JSON object")
     if hf.get("model_type", "bert") != "bert":
         raise ConfigError(f"{path}: model_type={hf['model_type']}, model=bert loads BERT checkpoints only")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ConfigError(f"{path}: hidden_act={hf['hidden_act']}, the native BERT uses exact gelu")
-    missing = [k for k in _ARCH if k not in hf]
+    if hf.get("hidden_act", "gelu") not in BERT_ACTIVATIONS:
+        raise ConfigError(f"{path}: hidden_act={json.dumps(hf['hidden_act'])}, refused: the native BERT computes "
+                          f"{', '.join(BERT_ACTIVATIONS)}")
+    fixed = {**_FIXED, **(_FIXED_CLASSIFICATION if task == "classification" else {})}
+    for key, (values, why) in fixed.items():
+        if hf.get(key, values[0]) not in values:
+            raise ConfigError(f"{path}: {key}={json.dumps(hf[key])}, refused: {why}")
+    missing = [k for k in _SIZES if k not in hf]
     if missing:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
-    return {ours: hf[theirs] for theirs, ours in _ARCH.items()}
+    return {**{ours: hf[theirs] for theirs, ours in _SIZES.items()},
+            **{ours: hf.get(theirs, default) for theirs, (ours, default) in _DEFAULTED.items()}}

@@ -39,10 +39,27 @@ def _changed(saved: dict, now: dict, section: str) -> dict[str, tuple[Any, Any]]
     return {k: (old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]}
 
 
+# Model keys added since 0.1.0, with the value that computes what a checkpoint without them did.
+_ADDED = {"hidden_act": "gelu", "attention_dropout": None, "classifier_dropout": None}
+
+
+def _as_computed(model: dict, keys: dict) -> dict:
+    """A model section as the model computes it: the keys `keys` has that an older release did not
+    write, at the value it computed, and a null dropout (`attention_dropout`, `classifier_dropout`)
+    as the `dropout` it stands for."""
+    model = {**{k: v for k, v in _ADDED.items() if k in keys}, **model}
+    for key in ("attention_dropout", "classifier_dropout"):
+        if key in model and model[key] is None:
+            model[key] = model.get("dropout")
+    return model
+
+
 def refuse_changes(saved: dict, now: dict, saved_schedule_state: dict, steps_per_eval: bool, where: str) -> None:
     """The changes resuming cannot follow, as one ConfigError naming the key."""
     for dotted in _MUST_MATCH:
         old, new = _get(saved, dotted), _get(now, dotted)
+        if dotted == "model" and isinstance(old, dict) and isinstance(new, dict):
+            old, new = _as_computed(old, new), _as_computed(new, new)
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):

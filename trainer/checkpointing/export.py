@@ -1,15 +1,30 @@
-"""`trainer export RUN_DIR`: the newest checkpoint's weights as safetensors, with the model config."""
+"""`trainer export RUN_DIR`: the newest checkpoint's weights as a folder other tools load.
+
+A BERT run becomes a Hugging Face folder that transformers loads as it is
+(`AutoModelForMaskedLM` / `AutoModelForSequenceClassification.from_pretrained(folder)`):
+transformers' parameter names (trainer/models/pretrained.py's table, read the other way), its
+config.json keys with the real label names as id2label, and the run's tokenizer files. Such a
+folder is also what `model.pretrained` reads, so an export fine-tunes further.
+
+Any other model (the GPT, a user's own class) is written as trainer names it: model.safetensors
+with the state dict's own names, and config.json holding the model config.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from trainer.checkpointing import checkpoint
 from trainer.config import ConfigError
+
+BERT = "trainer.models.Bert"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def checkpoint_weights(path: Path, state: dict) -> dict:
@@ -24,8 +39,9 @@ def checkpoint_weights(path: Path, state: dict) -> dict:
     return shards.join_weights(shards_dir)
 
 
-def export(run_dir: Path, out: Path | None = None) -> Path:
-    """Write out/model.safetensors and out/config.json (out defaults to RUN_DIR/export); return out."""
+def export(run_dir: Path, out: Path | None = None) -> tuple[Path, list[str]]:
+    """Write out/model.safetensors and out/config.json (out defaults to RUN_DIR/export), and for a
+    BERT the tokenizer files; return out and notes for the user."""
     cfg_file = run_dir / "config.yaml"
     if not run_dir.exists():
         raise ConfigError(f"{run_dir}: no such directory")
@@ -40,9 +56,72 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     out = out or run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.contiguous() for k, v in checkpoint_weights(path, state).items()}
-    save_file(weights, str(out / "model.safetensors"), metadata={"step": str(state["step"])})
-    model_cfg = {**state["config"]["model"], "step": state["step"], "checkpoint": str(path)}
-    (out / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n")
-    for written in (out / "model.safetensors", out / "config.json"):  # safetensors writes 0600
-        written.chmod(path.stat().st_mode & 0o777)  # readable by whoever can read the checkpoint
-    return out
+    model_cfg = state["config"]["model"]
+    origin = {"step": state["step"], "checkpoint": str(path)}
+    notes: list[str] = []
+    if model_cfg.get("_target_") == BERT:
+        from trainer.models import pretrained
+
+        weights = {pretrained.theirs(k): v for k, v in weights.items()}
+        config = _bert_config(model_cfg, state, notes)
+        written = _copy_tokenizer(state["config"], out, notes)
+        config["trainer"] = {**origin, "model": model_cfg}
+    else:
+        config, written = {**model_cfg, **origin}, []
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt", "step": str(state["step"])})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in ("model.safetensors", "config.json", *written):  # safetensors writes 0600
+        (out / name).chmod(path.stat().st_mode & 0o777)  # readable by whoever can read the checkpoint
+    return out, notes
+
+
+def _bert_config(model: dict[str, Any], state: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """transformers' BertConfig keys for the native BERT's model config."""
+    classify = model["task"] == "classification"
+    config = {
+        "architectures": ["BertForSequenceClassification" if classify else "BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": model["vocab_size"],
+        "hidden_size": model["hidden_size"],
+        "num_hidden_layers": model["num_layers"],
+        "num_attention_heads": model["num_heads"],
+        "intermediate_size": model["intermediate_size"],
+        "hidden_act": model.get("hidden_act", "gelu"),
+        "hidden_dropout_prob": model["dropout"],
+        "attention_probs_dropout_prob": _or(model.get("attention_dropout"), model["dropout"]),
+        "classifier_dropout": model.get("classifier_dropout"),
+        "max_position_embeddings": model["max_seq_len"],
+        "type_vocab_size": model["type_vocab_size"],
+        "layer_norm_eps": model["layer_norm_eps"],
+        "initializer_range": 0.02,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+    if classify:
+        names = state.get("labels")
+        if not names:  # written before checkpoints held the label names
+            names = [f"LABEL_{i}" for i in range(model["num_labels"])]
+            notes.append("id2label: LABEL_0.. (this checkpoint predates label names in checkpoints; "
+                          "the labels are the data's, sorted)")
+        config.update(id2label={str(i): name for i, name in enumerate(names)},
+                      label2id={name: i for i, name in enumerate(names)}, problem_type="single_label_classification")
+    return config
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _copy_tokenizer(run_config: dict[str, Any], out: Path, notes: list[str]) -> list[str]:
+    """The run's tokenizer files (data.tokenizer, by default model.pretrained) into out."""
+    source = (run_config.get("data") or {}).get("tokenizer")
+    if not source:
+        notes.append("no tokenizer files: the run used trainer's byte tokenizer (token id = byte + 3), "
+                     "which transformers does not have")
+        return []
+    copied = [name for name in TOKENIZER_FILES if (Path(source) / name).is_file()]
+    for name in copied:
+        shutil.copyfile(Path(source) / name, out / name)
+    if not copied:
+        notes.append(f"no tokenizer files: {source} (data.tokenizer) has none now")
+    return copied

@@ -44,6 +44,25 @@ class RNG:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+class Labels:
+    """The classifier's label names, row by row: `trainer export` writes them as id2label, and a
+    resume whose data has other labels is refused (row i would stand for another label)."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+
+    def state_dict(self) -> list[str]:
+        return list(self.names)
+
+    def load_state_dict(self, names: list[str]) -> None:
+        if list(names) != self.names:
+            raise ValueError(f"trained on the labels {', '.join(names)}; the data has {', '.join(self.names)}")
+
+
+# Parts added since 0.1.0: a checkpoint without one resumes (the part keeps what the run built).
+_ADDED = ("labels",)
+
+
 def sharded(run: Run) -> bool:
     """Does this run write and read FSDP shards? strategy=fsdp with more than one process."""
     return distributed.world().size > 1 and run.cfg.strategy.kind.name == "fsdp"
@@ -54,8 +73,9 @@ def components(run: Run, **loop_state: object) -> dict[str, Stateful]:
     (meter, guard, eval history). A part without state (no scaler, a stateless clip policy, no
     guard) is left out. A new stateful policy needs no line here; a new kind of part, one."""
     parts: dict[str, object] = {} if sharded(run) else {"model": unwrap(run.model), "optimizer": run.optimizer}
+    names = getattr(run.data, "label_names", None)
     parts.update(scheduler=run.schedule, scaler=run.precision.scaler, clip=run.clip, data=run.train_batches,
-                 rng=RNG(), **loop_state)
+                 rng=RNG(), labels=Labels(names) if names else None, **loop_state)
     return {name: part for name, part in parts.items() if isinstance(part, Stateful)}
 
 
@@ -110,6 +130,8 @@ def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: P
     for name, part in parts.items():
         if name in fresh:
             continue
+        if name not in state and name in _ADDED:
+            continue
         if name not in state:
             raise ConfigError(f"checkpoint {path}: no '{name}' in it; it was not written by trainer")
         if isinstance(state[name], dict) and not state[name]:
@@ -119,5 +141,5 @@ def restore(run: Run, parts: dict[str, Stateful], state: dict[str, Any], path: P
         except ConfigError:
             raise
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"checkpoint {path}: its {name} does not fit this run: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"checkpoint {path}: its {name} state does not fit this run: {str(e).splitlines()[0]}") from None
     changes.follow_config(run, saved, current, state["step"], say)

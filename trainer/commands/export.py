@@ -1,4 +1,4 @@
-"""`trainer export RUN_DIR`: the newest checkpoint's weights as safetensors, with the model config."""
+"""`trainer export RUN_DIR`: the newest checkpoint as a folder other tools load (a BERT: transformers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 NAME = "export"
 USAGE = """\
   export RUN_DIR [--out DIR]
-                          newest checkpoint's weights as safetensors, plus the model config"""
+                          newest checkpoint's weights as safetensors with config.json; a BERT
+                          run as a folder transformers loads (names, labels, tokenizer)"""
 
 
 def main(argv: list[str]) -> None:
@@ -18,5 +19,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from trainer.checkpointing.export import export
 
-    out = export(args.run_dir, args.out)
-    print(f"exported: {out / 'model.safetensors'} and {out / 'config.json'}")
+    out, notes = export(args.run_dir, args.out)
+    print(f"exported: {out}")
+    for note in notes:
+        print(f"note: {note}")

@@ -120,7 +120,7 @@ def task(cfg: DictConfig) -> float:
         world = ranks.world()
         try:
             lock = RunLock(run_dir) if world.main else None  # one writer per run dir
-            run = build(cfg)
+            run = build(cfg, HydraConfig.get().overrides.task)
         except Exception as e:
             # Exit from inside the job: an exception would reach Hydra, which prints more lines about it.
             refuse(e)

@@ -1,7 +1,8 @@
 """BERT (Devlin et al. 2019), layer for layer as Hugging Face's BertModel, so its checkpoints load.
 
 Post-norm blocks (attention, then MLP, each followed by residual add and LayerNorm), word +
-position + token-type embeddings, exact GELU. One of two heads, by ``task``:
+position + token-type embeddings, exact GELU (or the activation config.json names). One of two
+heads, by ``task``:
 
 - ``mlm`` (masked LM): masking happens inside forward so that any token stream can train it:
   mask_prob of the real (not padding, not special) positions are chosen; of those 80% become
@@ -22,6 +23,15 @@ from trainer.models.transformer import _init_weights
 
 _EVAL_MASK_SEED = 1234
 
+# config.json's hidden_act, as transformers' ACT2FN computes each (gelu_new is the tanh approximation).
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
 
 class Embeddings(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, max_seq_len: int, type_vocab_size: int, eps: float,
@@ -40,10 +50,12 @@ class Embeddings(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, eps: float, dropout: float):
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, eps: float, dropout: float,
+                 attention_dropout: float, act: str):
         super().__init__()
         self.num_heads = num_heads
-        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.act = ACTIVATIONS[act]
         self.q = nn.Linear(hidden_size, hidden_size)
         self.k = nn.Linear(hidden_size, hidden_size)
         self.v = nn.Linear(hidden_size, hidden_size)
@@ -61,22 +73,23 @@ class Layer(nn.Module):
             return proj(x).view(b, t, self.num_heads, c // self.num_heads).transpose(1, 2)
 
         y = F.scaled_dot_product_attention(heads(self.q), heads(self.k), heads(self.v), attn_mask=keep,
-                                           dropout_p=self.dropout if self.training else 0.0)
+                                           dropout_p=self.attention_dropout if self.training else 0.0)
         x = self.attn_norm(x + self.drop(self.attn_out(y.transpose(1, 2).reshape(b, t, c))))
-        return self.out_norm(x + self.drop(self.down(F.gelu(self.up(x)))))
+        return self.out_norm(x + self.drop(self.down(self.act(self.up(x)))))
 
 
 class MLMHead(nn.Module):
     """Transform (dense, GELU, LayerNorm), then the word embeddings (tied) plus a bias."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, eps: float):
+    def __init__(self, hidden_size: int, vocab_size: int, eps: float, act: str):
         super().__init__()
+        self.act = ACTIVATIONS[act]
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, h: torch.Tensor, word: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.norm(F.gelu(self.dense(h))), word, self.bias)
+        return F.linear(self.norm(self.act(self.dense(h))), word, self.bias)
 
 
 class Bert(nn.Module):
@@ -85,7 +98,8 @@ class Bert(nn.Module):
     def __init__(self, *, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int,
                  dropout: float, max_seq_len: int, vocab_size: int, task: str = "mlm", mask_prob: float = 0.15,
                  mask_token_id: int = 1, num_labels: int | None = None, type_vocab_size: int = 2,
-                 layer_norm_eps: float = 1e-12, **_loading_keys):
+                 layer_norm_eps: float = 1e-12, hidden_act: str = "gelu", attention_dropout: float | None = None,
+                 classifier_dropout: float | None = None, **_loading_keys):
         super().__init__()
         if task == "auto":
             task = "mlm"
@@ -95,13 +109,16 @@ class Bert(nn.Module):
             raise ConfigError("task=classification: the data has no labels (set data.label_field)")
         self.task, self.mask_prob, self.mask_token_id, self.vocab_size = task, mask_prob, mask_token_id, vocab_size
         self.embeddings = Embeddings(vocab_size, hidden_size, max_seq_len, type_vocab_size, layer_norm_eps, dropout)
-        self.layers = nn.ModuleList(Layer(hidden_size, num_heads, intermediate_size, layer_norm_eps, dropout)
-                                    for _ in range(num_layers))
+        if hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"model.hidden_act={hidden_act}: one of {', '.join(ACTIVATIONS)}")
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
+        self.layers = nn.ModuleList(Layer(hidden_size, num_heads, intermediate_size, layer_norm_eps, dropout,
+                                          attention_dropout, hidden_act) for _ in range(num_layers))
         if task == "mlm":
-            self.mlm = MLMHead(hidden_size, vocab_size, layer_norm_eps)
+            self.mlm = MLMHead(hidden_size, vocab_size, layer_norm_eps, hidden_act)
         else:
             self.pooler = nn.Linear(hidden_size, hidden_size)
-            self.drop = nn.Dropout(dropout)
+            self.drop = nn.Dropout(dropout if classifier_dropout is None else classifier_dropout)
             self.classifier = nn.Linear(hidden_size, num_labels)
         self.apply(_init_weights)
 

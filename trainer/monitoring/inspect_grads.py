@@ -27,7 +27,7 @@ def probe(overrides: list[str], steps: int) -> tuple[list[float], dict[str, floa
     from trainer.step import to_device
     from trainer.step import train_step
 
-    run = build(compose_config([*overrides, f"trainer.max_steps={steps}"]))
+    run = build(compose_config([*overrides, f"trainer.max_steps={steps}"]), overrides)
     layers = LayerProbe(run.model)
     norms = []
     run.model.train()
