@@ -4,12 +4,14 @@ The reference is always one process with the whole global batch: N ranks with ba
 take, step for step, the same loss, pre-clip norm and update as one process with batch N*b.
 """
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -94,6 +96,24 @@ def _children(pid):
     return [int(p) for p in out.split()]
 
 
+def _hung(proc: subprocess.Popen, run_dir: Path) -> str:
+    """What a job that did not end shows: which of its processes live, and their stacks
+    (`kill -USR2` makes each print them: trainer.cli registers faulthandler for it)."""
+    alive = [int(p) for p in subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()]
+    for pid in alive:
+        os.kill(pid, signal.SIGUSR2)
+    time.sleep(2)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired as e:
+        err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    return (f"the job did not end within 60 s of SIGTERM; launcher exit code {proc.poll()}; processes of the run "
+            f"still alive: {alive}; their stacks and stderr:\n{err[-12000:]}")
+
+
 def test_killing_one_worker_ends_the_job_promptly(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -142,7 +162,10 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_resumes_exactly(tmp_
             assert time.time() < deadline, "training did not start"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(_hung(proc, run_dir))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import faulthandler
 import os
 import re
+import signal
 import sys
 from typing import Callable, Iterator
 
@@ -116,6 +118,8 @@ def run_hydra(task: Callable[[], object], args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     # First, before the seconds of imports: a stop signal from now on ends the command with a line.
     preemption.stop_during_startup()
+    # A run that seems hung: `kill -USR2 PID` prints every thread's Python stack to stderr.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         _run(sys.argv[1:] if argv is None else argv)
     except (KeyboardInterrupt, preemption.Interrupted) as e:  # `train` says more itself

@@ -96,7 +96,13 @@ class StopRequest:
                 return False
             from trainer import distributed
 
-            self.signum = distributed.agreed_signal(self.signum)
+            # A signal that arrives during the collective is recorded by _handle meanwhile: it must
+            # not be overwritten by the "none" the ranks agreed on before it came (that lost SIGTERMs:
+            # all ranks got theirs at once, inside the same all-reduce). It counts at the next log step.
+            agreed = distributed.agreed_signal(self.signum)
+            if agreed is not None:
+                self.signum = agreed
+            return agreed is not None
         return self.signum is not None
 
     @property
