@@ -113,3 +113,18 @@ def old_bert(modern: Path, folder: Path, layout: str, seed: int = 1) -> Path:
     else:
         raise ValueError(layout)
     return folder
+
+
+def byte_bpe(path: Path, texts: list[str], vocab_size: int = 400) -> Path:
+    """A byte-level BPE tokenizer.json as GPT-2's is built (ByteLevel pre-tokenizer, <|endoftext|>),
+    trained here on texts with Hugging Face's tokenizers library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.save(str(path))
+    return path

@@ -101,3 +101,43 @@ def test_a_record_without_usable_text_says_which_way(tmp_path, record, said):
     path.write_text(json.dumps({"text": "fine", "label": "a"}) + "\n" + json.dumps(record) + "\n")
     with pytest.raises(ConfigError, match=re.escape(f"{path}:2: {said}")):
         read_records(path, ["text", "label"], "data.train_file")
+
+
+class _Sized:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("n, world", [(1, 1), (2, 2), (7, 3), (100, 1), (1001, 3), (4096, 4), (4097, 2)])
+def test_the_lazy_order_is_a_permutation_shared_by_rank_like_distributed_samplers(n, world):
+    """data=tokens' order: each rank's every-N-th share of one permutation of the windows per epoch,
+    drop_last as DistributedSampler, resumable mid-epoch, never materialized."""
+    from trainer.data.stream import LazyEpochSampler
+
+    def share(rank, epoch, start=0):
+        s = LazyEpochSampler(_Sized(n), seed=3, rank=rank, world_size=world)
+        s.set_epoch(epoch)
+        s.start = start
+        return list(s)
+
+    shares = [share(r, 0) for r in range(world)]
+    flat = [i for s in shares for i in s]
+    assert len(flat) == len(set(flat)) == (n // world) * world and all(0 <= i < n for i in flat)
+    assert [len(s) for s in shares] == [n // world] * world
+    assert share(world - 1, 0, start=n // world // 2) == shares[-1][n // world // 2:]  # resume mid-epoch
+    if n >= 100:
+        assert share(0, 1) != shares[0] and shares[0] != sorted(shares[0])  # shuffled, anew each epoch
+
+
+@pytest.mark.unit
+def test_the_lazy_order_of_a_billion_windows_starts_at_once():
+    from trainer.data.stream import LazyEpochSampler
+
+    s = LazyEpochSampler(_Sized(10**9), seed=0)
+    s.set_epoch(0)
+    first = [i for i, _ in zip(s, range(1000))]  # a materialized permutation would take minutes and 8 GB
+    assert len(set(first)) == 1000 and max(first) > 10**8

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainer import capabilities, distributed, preflight
 from trainer.clipping import ClipResult
 from trainer.config import ConfigError
-from trainer.data.stream import BatchStream, EpochSampler
+from trainer.data.stream import BatchStream, EpochSampler, LazyEpochSampler
 from trainer.data.tokens import MASK_ID
 from trainer.models import pretrained as hf_pretrained
 from trainer.precision import Precision, cpu_note
@@ -91,7 +91,9 @@ def loaders(data: Any, cfg: DictConfig, device: torch.device,
     pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
     common = dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=pin,
                   persistent_workers=d.num_workers > 0, collate_fn=getattr(data, "collate", None))
-    train = BatchStream(data.train, EpochSampler(data.train, cfg.trainer.seed, world.rank, world.size), **common)
+    # A source that says its order must not be materialized (a memory-mapped corpus) gets it computed lazily.
+    order = LazyEpochSampler if getattr(data, "lazy_order", False) else EpochSampler
+    train = BatchStream(data.train, order(data.train, cfg.trainer.seed, world.rank, world.size), **common)
     shard = DistributedSampler(data.eval, world.size, world.rank, shuffle=False) if world.size > 1 else None
     # Its own generator: starting an eval must not draw from the global RNG (dropout's), or a run
     # that evaluated at a step would continue differently from one that did not.

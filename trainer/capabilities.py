@@ -109,7 +109,7 @@ def check(cfg: DictConfig, imported: bool, scaler: bool | None = None) -> None:
                           "(model=bert does mlm and classification)")
     if model_tasks and data_tasks and not set(model_tasks) & set(data_tasks):
         raise ConfigError(f"data._target_={cfg.data._target_} is for {'/'.join(data_tasks)}, model._target_="
-                          f"{cfg.model._target_} trains {'/'.join(model_tasks)}: model=gpt takes data=text or "
+                          f"{cfg.model._target_} trains {'/'.join(model_tasks)}: model=gpt takes data=text, tokens or "
                           "synthetic; data=jsonl/csv feeds model=bert")
     if cfg.strategy.kind.name != "fsdp":
         return

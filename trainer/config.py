@@ -133,6 +133,13 @@ class TextDataConfig(DataConfig):
 
 
 @dataclass
+class TokensDataConfig(DataConfig):
+    _target_: str = MISSING
+    dir: str = _doc("a dir `trainer prepare` wrote (`train.bin`, `val.bin`, `meta.json`): windows read where "
+                    "they lie, never loaded; the vocabulary is its tokenizer's")
+
+
+@dataclass
 class LabelledDataConfig(DataConfig):
     _target_: str = MISSING
     train_file: str = _doc("the training records (`.jsonl`: one JSON object per line, split on newlines only; "
@@ -349,7 +356,8 @@ GROUP_DOCS = {
              "(12 × 768, 12 heads, 3072), layer for layer as Hugging Face's BertModel (post-norm, token-type "
              "embeddings), masked LM or classifier (see `task`)",
     "data": "`text`: files on disk as one byte-token stream; `synthetic`: a generated learnable task; "
-            "`jsonl`/`csv`: one record per line or row, for `bert` (classification or masked LM)",
+            "`jsonl`/`csv`: one record per line or row, for `bert` (classification or masked LM); `tokens`: a "
+            "corpus `trainer prepare` tokenized (any `tokenizer.json`), read where it lies",
     "optim": "torch's AdamW and SGD",
     "sched": "LR schedule: `cosine` (warm-up, cosine decay), `constant` (warm-up, then flat), `plateau` "
              "(ReduceLROnPlateau on `eval/loss`; patience counts evals)",
@@ -368,7 +376,8 @@ TOP_LEVEL_DOCS = {"task": "`auto`: `lm` for `gpt`, `mlm` for `bert`; `classifica
 SCHEMAS = {
     "model": {"gpt": ModelConfig, "bert": BertConfig},
     # data=csv is data=jsonl's config (conf/data/csv.yaml includes it): the reader goes by suffix.
-    "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig, "jsonl": LabelledDataConfig},
+    "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig, "jsonl": LabelledDataConfig,
+             "tokens": TokensDataConfig},
     "optim": {"adamw": AdamWConfig, "sgd": SGDConfig},
     "sched": {"cosine": CosineConfig, "constant": ConstantConfig, "plateau": PlateauConfig},
     "amp": {"fp32": AmpConfig, "bf16": AmpConfig, "fp16": FP16Config},

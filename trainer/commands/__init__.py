@@ -4,6 +4,6 @@ A command module imports only what parsing its arguments needs; the work is impo
 command runs, so `trainer --help` and a mistyped command answer at once.
 """
 
-from trainer.commands import bench, export, inspect_grads, report, train
+from trainer.commands import bench, export, inspect_grads, prepare, report, train
 
-COMMANDS = {command.NAME: command for command in (train, bench, export, inspect_grads, report)}
+COMMANDS = {command.NAME: command for command in (train, prepare, bench, export, inspect_grads, report)}

@@ -3,7 +3,8 @@
 ``vocab_size``."""
 
 from trainer.data.labelled import LabelledText
+from trainer.data.shards import TokenShards
 from trainer.data.synthetic import SyntheticData
 from trainer.data.text import TextData
 
-__all__ = ["LabelledText", "SyntheticData", "TextData"]
+__all__ = ["LabelledText", "SyntheticData", "TextData", "TokenShards"]

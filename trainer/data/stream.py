@@ -29,6 +29,44 @@ class EpochSampler(DistributedSampler):
         return itertools.islice(super().__iter__(), self.start, None)
 
 
+class LazyEpochSampler(EpochSampler):
+    """EpochSampler's contract (every rank its every-N-th share of one permutation per (seed,
+    epoch), drop_last, a resumable start) without making the permutation: the order is a keyed
+    pseudo-random bijection of [0, n) (a 4-round Feistel network, cycle-walked into range),
+    computed index by index. Memory stays the same for a thousand windows or a billion; a
+    materialized permutation of a large memory-mapped corpus would cost more than the batches."""
+
+    _MASK64 = (1 << 64) - 1
+
+    def __iter__(self) -> Iterator[int]:
+        bits = max(2, (len(self.dataset) - 1).bit_length())
+        half = (bits + 1) // 2
+        keys = [_mix(self.seed * 1_000_003 + self.epoch * 8 + r) for r in range(4)]
+        n = len(self.dataset)
+        for j in range(self.start, self.num_samples):
+            yield _feistel(self.rank + j * self.num_replicas, n, half, keys)
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a well-spread 64-bit hash of x."""
+    x = (x + 0x9E3779B97F4A7C15) & LazyEpochSampler._MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & LazyEpochSampler._MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & LazyEpochSampler._MASK64
+    return x ^ (x >> 31)
+
+
+def _feistel(i: int, n: int, half: int, keys: list[int]) -> int:
+    """The image of i in [0, n) under the keyed permutation of [0, 4**half), walked until in range."""
+    mask = (1 << half) - 1
+    while True:
+        left, right = i >> half, i & mask
+        for key in keys:
+            left, right = right, left ^ (_mix(right ^ key) & mask)
+        i = (left << half) | right
+        if i < n:
+            return i
+
+
 class BatchStream:
     """Iterates a DataLoader over EpochSampler forever, counting the batches it has handed out."""
 
