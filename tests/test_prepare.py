@@ -135,3 +135,29 @@ def test_the_prepare_command_prints_throughput_and_what_to_train(tmp_path):
     again = run_cli("prepare", str(tmp_path / "c" / "*"), "--out", str(tmp_path / "out"))
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [
         f"error: --out {tmp_path / 'out'}: already prepared (it has meta.json); remove it or choose another dir"]
+
+
+@pytest.mark.integration
+def test_data_tokens_resumes_at_the_exact_window(tmp_path):
+    """4 steps, against 2 steps, a checkpoint, and 2 more in a new run: the same per-step losses
+    (the lazy order's position is in the checkpoint, as every source's)."""
+    from tests.conftest import read_scalars
+    from trainer.build import build
+    from trainer.loop import train
+    from trainer.monitoring.display import Display
+
+    corpus(tmp_path / "c", n_jsonl=200)
+    prep.prepare(str(tmp_path / "c" / "*"), tmp_path / "out", val_fraction=0.2, quiet=True)
+    common = ["data=tokens", f"data.dir={tmp_path / 'out'}", "data.seq_len=32", "data.batch_size=4",
+              "model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
+              "model.max_seq_len=32", "model.dropout=0.1", "trainer.device=cpu", "trainer.log_every=1",
+              "trainer.eval_every=100"]
+    train(build(make_config(*common, "trainer.max_steps=4", f"checkpoint.dir={tmp_path / 'ref-ck'}")),
+          tmp_path / "ref", Display(4, quiet=True))
+    ck = f"checkpoint.dir={tmp_path / 'ck'}"
+    train(build(make_config(*common, "trainer.max_steps=2", ck)), tmp_path / "first", Display(2, quiet=True))
+    train(build(make_config(*common, "trainer.max_steps=4", ck, "checkpoint.resume=auto")), tmp_path / "second",
+          Display(4, quiet=True))
+    ref = read_scalars(tmp_path / "ref")["train/loss"]
+    assert read_scalars(tmp_path / "first")["train/loss"] == ref[:2]
+    assert read_scalars(tmp_path / "second")["train/loss"] == ref[2:] and len(ref) == 4
