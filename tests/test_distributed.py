@@ -78,6 +78,28 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accu
         ".hydra", ".lock", "checkpoints", "config.yaml", events[0], "summary.json", "train.log"]
 
 
+def test_ddp_on_prepared_tokens_splits_one_process_batches_between_the_ranks(tmp_path):
+    """data=tokens' computed order (LazyEpochSampler): rank r of 2 takes every 2nd window of the
+    order one process takes, so 2 x 4 windows per step are one process's 8, step for step."""
+    from tests.test_prepare import corpus
+    from trainer.data.prepare import prepare
+
+    corpus(tmp_path / "c", n_jsonl=200)
+    prepare(str(tmp_path / "c" / "*"), tmp_path / "tok", val_fraction=0.2, quiet=True)
+    common = ["data=tokens", f"data.dir={tmp_path / 'tok'}", "data.seq_len=16", "model.num_layers=1",
+              "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64", "model.max_seq_len=16",
+              *[a for a in BASE if a not in TINY], "trainer.max_steps=6", "trainer.eval_every=6"]
+
+    def run(run_dir, *args):
+        done = run_cli("train", *common, *args, f"hydra.run.dir={run_dir}")
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda a: run(*a), [(tmp_path / "one", "data.batch_size=8"),
+                                          (tmp_path / "two", "data.batch_size=4", "trainer.nproc_per_node=2")]))
+    assert_same_run(tmp_path / "one", tmp_path / "two", 6, tokens_per_step=8 * 16)
+
+
 def test_torchrun_ranks_agree_on_one_timestamped_run_dir(tmp_path):
     """Plain torchrun, no hydra.run.dir: every rank must still pick the same outputs/<date>/<time>."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -230,3 +230,28 @@ def test_hidden_act_and_dropouts_from_config_json_reach_the_math(tmp_path, folde
     typed = ["task=classification", "model.dropout=0.2"]
     clf = build(make_config(*common, *typed), typed)
     assert (clf.cfg.model.dropout, clf.cfg.model.attention_dropout, clf.model.drop.p) == (0.2, 0.3, 0.4)
+
+
+@pytest.mark.integration
+def test_a_pretrained_classifier_is_put_in_the_datas_label_order(tmp_path, folder, labelled):
+    """config.json's id2label says row 0 is pos: the data's labels (neg, pos) take its rows swapped."""
+    from safetensors.torch import load_file
+
+    old = old_bert(folder, tmp_path / "clf", "classification-sharded")
+    config = json.loads((old / "config.json").read_text())
+    config.update(id2label={"0": "pos", "1": "neg"}, label2id={"pos": 0, "neg": 1})
+    (old / "config.json").write_text(json.dumps(config))
+    theirs = {**load_file(str(old / "model-00001-of-00002.safetensors")),
+              **load_file(str(old / "model-00002-of-00002.safetensors"))}
+    run = build(make_config(*finetune_args(old, labelled, "trainer.device=cpu")))
+    assert run.data.label_names == ["neg", "pos"]
+    torch.testing.assert_close(run.model.classifier.weight, theirs["classifier.weight"][[1, 0]], rtol=0, atol=0)
+    torch.testing.assert_close(run.model.classifier.bias, theirs["classifier.bias"][[1, 0]], rtol=0, atol=0)
+    assert run.notes[-1] == ("model.pretrained: classifier rows reordered from config.json's id2label (pos, neg) "
+                             "to the data's labels (neg, pos)")
+    config.update(id2label={"0": "negative", "1": "positive"})
+    (old / "config.json").write_text(json.dumps(config))
+    run = build(make_config(*finetune_args(old, labelled, "trainer.device=cpu")))
+    torch.testing.assert_close(run.model.classifier.weight, theirs["classifier.weight"], rtol=0, atol=0)
+    assert run.notes[-1].endswith("its classifier's labels (negative, positive) are not the data's (neg, pos); "
+                                  "its rows are kept by position")

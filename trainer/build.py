@@ -145,6 +145,9 @@ def build(cfg: DictConfig, command_line: list[str] | tuple[str, ...] = ()) -> Ru
         new, unused = hf_pretrained.load(model, pretrained)
         notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else "")
                      + (f"; not used by task={cfg.model.task}: {_some(unused)}" if unused else ""))
+        names = getattr(data, "label_names", None)
+        if names and "classifier.weight" not in new and (note := hf_pretrained.align_labels(model, pretrained, names)):
+            notes.append(note)
     model = model.to(device)
     precision = _build("amp", cfg.amp, device=device)
     if note := cpu_note(precision, device):

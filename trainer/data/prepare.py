@@ -200,7 +200,7 @@ def prepare(pattern: str, out: Path, tokenizer: str | None = None, text_field: s
     total = sum(p.stat().st_size for p in files)
     started = time.perf_counter()
     with _progress(total, quiet) as advance:
-        document, parts = 0, []  # parts: the current document's texts, tokenized in batches
+        document = 0  # the number of the document being written: its hash picks the split
 
         def emit(texts: list[str], ends: list[bool]) -> None:
             nonlocal document

@@ -151,3 +151,27 @@ def load(model: nn.Module, folder: str | Path) -> tuple[list[str], list[str]]:
                               f"(from config.json) expects {list(model_state[name].shape)}")
     model.load_state_dict(renamed, strict=False)
     return [k for k in model_state if k not in renamed], unused
+
+
+def align_labels(model: nn.Module, folder: str | Path, names: list[str]) -> str | None:
+    """Put a pretrained classifier's rows in the data's label order; return a note, if any.
+
+    config.json's id2label says what each row means. The data's labels in another order: the
+    rows are permuted to match (else the fine-tune would start from swapped classes). Other names
+    than LABEL_0..: the rows stay by position, and the note says so."""
+    try:
+        mapping = json.loads((Path(folder) / "config.json").read_text()).get("id2label") or {}
+        theirs = [str(mapping[str(i)]) for i in range(len(mapping))]
+    except (KeyError, ValueError, AttributeError):
+        return None
+    if not theirs or theirs == names or all(re.fullmatch(r"LABEL_\d+", t) for t in theirs):
+        return None
+    if sorted(theirs) != sorted(names):
+        return (f"model.pretrained: its classifier's labels ({', '.join(theirs)}) are not the data's "
+                f"({', '.join(names)}); its rows are kept by position")
+    order = torch.tensor([theirs.index(name) for name in names])
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[order])
+        model.classifier.bias.copy_(model.classifier.bias[order])
+    return (f"model.pretrained: classifier rows reordered from config.json's id2label ({', '.join(theirs)}) "
+            f"to the data's labels ({', '.join(names)})")
