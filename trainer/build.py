@@ -91,7 +91,7 @@ def loaders(data: Any, cfg: DictConfig, device: torch.device,
     pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
     common = dict(batch_size=d.batch_size, num_workers=d.num_workers, pin_memory=pin,
                   persistent_workers=d.num_workers > 0, collate_fn=getattr(data, "collate", None))
-    # A source that says its order must not be materialized (a memory-mapped corpus) gets it computed lazily.
+    # A source that says its order must not be materialized (a corpus of millions of windows) gets it computed.
     order = LazyEpochSampler if getattr(data, "lazy_order", False) else EpochSampler
     train = BatchStream(data.train, order(data.train, cfg.trainer.seed, world.rank, world.size), **common)
     shard = DistributedSampler(data.eval, world.size, world.rank, shuffle=False) if world.size > 1 else None

@@ -18,7 +18,6 @@ BPE) through Hugging Face's `tokenizers` library, whose batch encoding uses ever
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -90,15 +89,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def corpus_files(pattern: str) -> list[Path]:
-    if Path(pattern).is_dir():
-        raise ConfigError(f"{pattern}: a directory; give a glob of its files, e.g. '{pattern.rstrip('/')}/**/*.txt'")
-    paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-    if not paths:
-        raise ConfigError(f"{pattern}: matches no file")
-    return paths
-
-
 def documents(path: Path, text_field: str, progress: Callable[[int], None]) -> Iterator[str]:
     """The file's documents, streamed; progress(bytes) as they are read."""
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
@@ -123,7 +113,7 @@ def documents(path: Path, text_field: str, progress: Callable[[int], None]) -> I
                 yield text[:cut]
         if rest:
             yield rest
-        yield ""  # the end of the document (see Writer.add)
+        yield ""  # the end of the document: prepare() writes the end-of-document id for it
 
 
 def _safe_cut(text: str) -> int:
@@ -149,23 +139,26 @@ def _lines(f) -> Iterator[str]:
 
 @dataclass
 class Split:
+    """One .bin file being written: ids are gathered and appended ~4 M tokens at a time."""
+
     file: Path
     dtype: np.dtype
-    tokens: int = 0
+    tokens: int = 0  # written or pending
     documents: int = 0
     pending: list[np.ndarray] = field(default_factory=list)
+    flushed: int = 0  # tokens already in the file
 
     def write(self, ids: np.ndarray) -> None:
         self.pending.append(ids)
         self.tokens += len(ids)
-        if sum(len(p) for p in self.pending) > 1 << 22:
+        if self.tokens - self.flushed > 1 << 22:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
             with open(self.file, "ab") as f:
                 np.concatenate(self.pending).astype(self.dtype).tofile(f)
-            self.pending = []
+            self.pending, self.flushed = [], self.tokens
 
 
 def is_held_out(document: int, seed: int, val_fraction: float) -> bool:
@@ -177,20 +170,14 @@ def is_held_out(document: int, seed: int, val_fraction: float) -> bool:
 def prepare(pattern: str, out: Path, tokenizer: str | None = None, text_field: str = "text",
             val_fraction: float = 0.01, seed: int = 0, quiet: bool = False) -> dict:
     """Tokenize the files matching pattern into out/{train,val}.bin and out/meta.json; return the meta."""
-    from trainer.data.text import not_text
+    from trainer.data.text import text_files
 
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val-fraction {val_fraction}: must be in (0, 1)")
     if (out / "meta.json").exists():
         raise ConfigError(f"--out {out}: already prepared (it has meta.json); remove it or choose another dir")
     tok = load_tokenizer(tokenizer)
-    files, skipped = [], []
-    for path in corpus_files(pattern):
-        with open(path, "rb") as f:
-            why = not_text(f.read(1 << 20))  # the first MB tells a binary file
-        (skipped.append(f"skipped {path}: {why}") if why else files.append(path))
-    if not files:
-        raise ConfigError(f"{pattern}: matches no text file ({skipped[0]}, ...)")
+    files, skipped = text_files(pattern, "", sample=1 << 20)  # the first MB tells a binary file
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tok.vocab_size)
     splits = {name: Split(out / f"{name}.bin.tmp", dtype) for name in ("train", "val")}

@@ -37,6 +37,30 @@ def not_text(data: bytes) -> str | None:
     return None
 
 
+def text_files(pattern: str, key: str, sample: int = -1) -> tuple[list[Path], list[str]]:
+    """The files a glob matches that are text (not_text on their first `sample` bytes, -1: all),
+    and a line for each one skipped. A folder, or no (text) file, is a ConfigError that starts
+    with `key` (the option that named the glob, e.g. "data.files=")."""
+    if Path(pattern).is_dir():
+        raise ConfigError(f"{key}{pattern}: a directory; give a glob of its files, e.g. "
+                          f"{key}'{pattern.rstrip('/')}/**/*.txt'")
+    paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not paths:
+        raise ConfigError(f"{key}{pattern}: matches no file")
+    texts, skipped, first = [], [], ""
+    for path in paths:
+        with open(path, "rb") as f:
+            why = not_text(f.read(sample))
+        if why:
+            skipped.append(f"skipped {path}: {why}")
+            first = first or why
+        else:
+            texts.append(path)
+    if not texts:
+        raise ConfigError(f"{key}{pattern}: matches no text file ({first}, ...)")
+    return texts, skipped
+
+
 def read_documents(path: Path, text_field: str) -> list[str]:
     """A .jsonl file gives one document per line (its text_field); any other file is one document."""
     try:
@@ -61,21 +85,8 @@ class TextData:
     TASKS = ("lm", "mlm")  # one token stream, cut into windows
 
     def __init__(self, *, files: str, seq_len: int, text_field: str, val_fraction: float, **_loader_keys):
-        if Path(files).is_dir():
-            raise ConfigError(f"data.files={files}: a directory; give a glob of its files, e.g. "
-                              f"data.files='{files.rstrip('/')}/**/*.txt'")
-        paths = sorted(Path(p) for p in glob.glob(files, recursive=True) if Path(p).is_file())
-        if not paths:
-            raise ConfigError(f"data.files={files}: matches no file")
-        self.notes = []  # what the run says at start-up: the files it skipped
-        for path in list(paths):
-            with open(path, "rb") as f:
-                why = not_text(f.read())
-            if why:
-                paths.remove(path)
-                self.notes.append(f"data.files: skipped {path}: {why}")
-        if not paths:
-            raise ConfigError(f"data.files={files}: matches no text file ({self.notes[0].split(': ', 2)[2]}, ...)")
+        paths, skipped = text_files(files, "data.files=")
+        self.notes = [f"data.files: {line}" for line in skipped]  # what the run says at start-up
         parts = []
         for path in paths:
             for doc in read_documents(path, text_field):
