@@ -115,16 +115,79 @@ def old_bert(modern: Path, folder: Path, layout: str, seed: int = 1) -> Path:
     return folder
 
 
-def byte_bpe(path: Path, texts: list[str], vocab_size: int = 400) -> Path:
-    """A byte-level BPE tokenizer.json as GPT-2's is built (ByteLevel pre-tokenizer, <|endoftext|>),
-    trained here on texts with Hugging Face's tokenizers library."""
+def byte_bpe(path: Path, texts: list[str], vocab_size: int = 400, specials: list[str] | None = None) -> Path:
+    """A byte-level BPE tokenizer.json as GPT-2's is built (ByteLevel pre-tokenizer, <|endoftext|>;
+    RoBERTa's has other special tokens), trained here on texts with Hugging Face's tokenizers library."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials or ["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
     tok.save(str(path))
     return path
+
+
+# model=hf fixtures: tiny models of three families, written by transformers itself with the
+# tokenizer each family uses (GPT-2's byte-level BPE with no pad token, RoBERTa's byte-level BPE
+# with <s> <pad> </s> <mask> named in tokenizer_config.json, DistilBERT's WordPiece).
+HF_KINDS = ("gpt2", "roberta", "distilbert")
+
+
+def labelled_texts(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 12))).upper() for _ in range(n)]
+
+
+def tiny_hf(folder: Path, kind: str, *, seed: int = 0, head: str = "base", dropout: float = 0.0) -> Path:
+    """A 2-layer, 32-wide model of `kind` in a folder as save_pretrained writes it, with its tokenizer.
+
+    head: "base" (GPT2LMHeadModel / RobertaForMaskedLM / DistilBertModel: a pretraining
+    checkpoint, no classifier) or "classification" (the family's ForSequenceClassification, 2 labels)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, processors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "distilbert":
+        tiny_bert(folder)  # its vocab.txt and tokenizer.json (transformers' conversion); the weights are replaced
+        for name in ("model.safetensors", "config.json"):
+            (folder / name).unlink()
+        vocab = len((folder / "vocab.txt").read_text().split())
+        config = transformers.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                                               max_position_embeddings=64, dropout=dropout, attention_dropout=dropout,
+                                               seq_classif_dropout=dropout)
+        classes = (transformers.DistilBertModel, transformers.DistilBertForSequenceClassification)
+    else:
+        specials = ["<|endoftext|>"] if kind == "gpt2" else ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        byte_bpe(folder / "tokenizer.json", labelled_texts(), specials=specials)
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        vocab = tok.get_vocab_size()
+        if kind == "gpt2":
+            # GPT-2's own files: tokenizer.json, and a tokenizer_config.json that names no pad token
+            transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                                 eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                                 ).save_pretrained(folder)
+            config = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                             resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                                             bos_token_id=0, eos_token_id=0)
+            classes = (transformers.GPT2LMHeadModel, transformers.GPT2ForSequenceClassification)
+        else:
+            tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+            transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                 sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                                                 pad_token="<pad>", mask_token="<mask>").save_pretrained(folder)
+            config = transformers.RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, intermediate_size=37,
+                                                max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+                                                bos_token_id=0, eos_token_id=2, hidden_dropout_prob=dropout,
+                                                attention_probs_dropout_prob=dropout)
+            classes = (transformers.RobertaForMaskedLM, transformers.RobertaForSequenceClassification)
+    torch.manual_seed(seed)
+    if head == "classification":
+        config.num_labels = 2
+        config.id2label, config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+    classes[head == "classification"](config).save_pretrained(folder)
+    return folder

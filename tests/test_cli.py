@@ -238,7 +238,7 @@ def test_own_config_dir_with_recipes_ours_and_yours(tmp_path, form):
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "the recipe's keys landed under 'recipes.'" in out.stderr and "# @package _global_" in out.stderr
     out = run_cli("train", *where, "--help")
-    assert "model: bert, gpt, small" in out.stdout and "recipes: bert-finetune, clip-sweep, fp16-vs-bf16, gpt-text, " \
+    assert "model: bert, gpt, hf, small" in out.stdout and "recipes: bert-finetune, clip-sweep, fp16-vs-bf16, gpt-text, " \
         "mine, unpackaged" in out.stdout
 
 

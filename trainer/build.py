@@ -109,10 +109,6 @@ def check_classes(cfg: DictConfig) -> None:
                        scaler=fsdp and _build("amp", cfg.amp, device=torch.device("cpu")).scaler is not None)
 
 
-def _some(names: list[str], shown: int = 4) -> str:
-    return ", ".join(names) if len(names) <= shown else f"{', '.join(names[:shown - 1])} and {len(names) - shown + 1} more"
-
-
 def build(cfg: DictConfig, command_line: list[str] | tuple[str, ...] = ()) -> Run:
     """Validate cfg and build the run. Raises ConfigError, naming the key, on bad input.
 
@@ -133,18 +129,18 @@ def build(cfg: DictConfig, command_line: list[str] | tuple[str, ...] = ()) -> Ru
     train_batches, eval_loader = loaders(data, cfg, device, world)
     if "vocab_size" in cfg.model:
         cfg.model.vocab_size = vocab_size  # recorded resolved, in config.yaml and checkpoints
-    for key in ("mask_token_id", "num_labels"):  # from the data's tokenizer and labels, unless set
+    for key in ("mask_token_id", "num_labels", "pad_token_id"):  # from the data's tokenizer and labels, unless set
         if key in cfg.model and cfg.model[key] is None:
             cfg.model[key] = getattr(data, key, None)
-    if "mask_token_id" in cfg.model and cfg.model.mask_token_id is None:
-        cfg.model.mask_token_id = MASK_ID
+    if "mask_token_id" in cfg.model and cfg.model.mask_token_id is None and getattr(data, "tokenizer", None) is None:
+        cfg.model.mask_token_id = MASK_ID  # byte tokens (a tokenizer without a mask token is refused by the model)
 
     model = _build("model", cfg.model, vocab_size=vocab_size)  # the same init on every rank
-    notes += getattr(data, "notes", [])
+    notes += getattr(model, "notes", []) + getattr(data, "notes", [])
     if pretrained:
         new, unused = hf_pretrained.load(model, pretrained)
         notes.append(f"model.pretrained: weights from {pretrained}" + (f"; new (not in it): {', '.join(new)}" if new else "")
-                     + (f"; not used by task={cfg.model.task}: {_some(unused)}" if unused else ""))
+                     + (f"; not used by task={cfg.model.task}: {hf_pretrained.some(unused)}" if unused else ""))
         names = getattr(data, "label_names", None)
         if names and "classifier.weight" not in new and (note := hf_pretrained.align_labels(model, pretrained, names)):
             notes.append(note)

@@ -107,6 +107,8 @@ def check(cfg: DictConfig, imported: bool, scaler: bool | None = None) -> None:
     if model_tasks and cfg.task != "auto" and cfg.task not in model_tasks:
         raise ConfigError(f"task={cfg.task}: model._target_={cfg.model._target_} trains {'/'.join(model_tasks)} only "
                           "(model=bert does mlm and classification)")
+    if data_tasks and cfg.task != "auto" and cfg.task not in data_tasks:
+        raise ConfigError(f"task={cfg.task}: data._target_={cfg.data._target_} feeds {'/'.join(data_tasks)} only")
     if model_tasks and data_tasks and not set(model_tasks) & set(data_tasks):
         raise ConfigError(f"data._target_={cfg.data._target_} is for {'/'.join(data_tasks)}, model._target_="
                           f"{cfg.model._target_} trains {'/'.join(model_tasks)}: model=gpt takes data=text, tokens or "

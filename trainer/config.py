@@ -101,6 +101,23 @@ class BertConfig(ModelConfig):
                                                     "(`config.json`: classifier_dropout)")
 
 
+@dataclass
+class HFModelConfig:
+    """model=hf: a transformers model from a local folder; its config.json holds the architecture."""
+
+    _target_: str = MISSING
+    path: str = _doc("a local Hugging Face folder (`config.json`, weights, tokenizer), e.g. one `save_pretrained` "
+                     "wrote; nothing is downloaded")
+    task: str = _doc("the top-level `task`, resolved (`auto`: the head `config.json`'s `architectures` names): "
+                     "set `task`, not this")
+    from_scratch: bool = _doc("`true`: the folder's architecture with fresh weights (its weights are not read)")
+    mask_prob: float = _open_unit("`task=mlm`: share of real positions masked, as `model=bert`")
+    mask_token_id: Optional[int] = _non_negative("`null`: the data tokenizer's mask token")
+    num_labels: Optional[int] = _checked(lambda v: v >= 2, "must be >= 2", "`null`: the number of labels in the data")
+    pad_token_id: Optional[int] = _non_negative("`null`: the data tokenizer's pad token (set in the model's config "
+                                                "where it has none, as GPT-2)")
+
+
 # ---------------------------------------------------------------- data
 @dataclass
 class DataConfig:
@@ -354,7 +371,8 @@ class LogConfig:
 GROUP_DOCS = {
     "model": "`gpt`: decoder-only LM (causal, next-token loss), 4 layers × 128, pre-norm. `bert`: BERT-base "
              "(12 × 768, 12 heads, 3072), layer for layer as Hugging Face's BertModel (post-norm, token-type "
-             "embeddings), masked LM or classifier (see `task`)",
+             "embeddings), masked LM or classifier (see `task`). `hf`: any transformers model in a local folder "
+             "(`model.path`; the `hf` extra; see \"Any Hugging Face model\")",
     "data": "`text`: files on disk as one byte-token stream; `synthetic`: a generated learnable task; "
             "`jsonl`/`csv`: one record per line or row, for `bert` (classification or masked LM); `tokens`: a "
             "corpus `trainer prepare` tokenized (any `tokenizer.json`), read where it lies",
@@ -370,11 +388,12 @@ GROUP_DOCS = {
     "guard": "the loss-spike guard",
     "log": "extra logging",
 }
-TOP_LEVEL_DOCS = {"task": "`auto`: `lm` for `gpt`, `mlm` for `bert`; `classification` (`bert` with labelled data)"}
+TOP_LEVEL_DOCS = {"task": "`auto`: `lm` for `gpt`, `mlm` for `bert`, for `hf` the head its `config.json` names; "
+                          "`classification` (`bert` or `hf` with labelled data)"}
 
 
 SCHEMAS = {
-    "model": {"gpt": ModelConfig, "bert": BertConfig},
+    "model": {"gpt": ModelConfig, "bert": BertConfig, "hf": HFModelConfig},
     # data=csv is data=jsonl's config (conf/data/csv.yaml includes it): the reader goes by suffix.
     "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig, "jsonl": LabelledDataConfig,
              "tokens": TokensDataConfig},

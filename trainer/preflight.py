@@ -1,5 +1,5 @@
 """Every check of a composed config that needs neither torch nor the data: unknown keys, ranges,
-rules across groups, a pretrained folder's config.json, the device.
+rules across groups, a pretrained folder's config.json (model.pretrained, model.path), the device.
 
 `trainer train` runs it before torch is imported, so a bad config costs a fraction of a second;
 `build` runs it again (it is cheap and idempotent) for callers that build directly.
@@ -7,6 +7,7 @@ rules across groups, a pretrained folder's config.json, the device.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -35,7 +36,16 @@ def check(cfg: DictConfig, command_line: Iterable[str] = ()) -> list[str]:
         keys = pretrained_config.architecture(pretrained, cfg.task)
         # dropout is a training choice: the command line's wins, as from_pretrained(hidden_dropout_prob=...)
         cfg.model.update({k: v for k, v in keys.items() if f"model.{k}" not in typed or k not in _DROPOUTS})
-        notes += _fit_seq_len(cfg, Path(pretrained) / "config.json", typed)
+        notes += _fit_seq_len(cfg, Path(pretrained) / "config.json", typed, cfg.model.max_seq_len, "model.pretrained")
+    if cfg.model.get("_target_") == pretrained_config.HF_MODEL:
+        if importlib.util.find_spec("transformers") is None:
+            raise ConfigError("model=hf needs transformers: pip install 'trainer[hf]'")
+        task, limit, source = pretrained_config.hf_task_and_length(cfg.model.path, cfg.task)
+        if cfg.task == "auto":
+            cfg.task = task  # model.task follows; config.yaml records what was trained
+            notes.append(f"task={task}: the head {source} names (set task for another)")
+        if limit:
+            notes += _fit_seq_len(cfg, source, _typed(command_line), limit, "model.path")
     if cfg.task == "classification" and "label_field" in cfg.data and not cfg.data.label_field:
         cfg.data.label_field = DEFAULT_LABEL_FIELD
         notes.append(f"data.label_field={DEFAULT_LABEL_FIELD} (task=classification; the Hugging Face datasets "
@@ -51,15 +61,15 @@ def _typed(command_line: Iterable[str]) -> set[str]:
     return {o.lstrip("+~").partition("=")[0] for o in command_line}
 
 
-def _fit_seq_len(cfg: DictConfig, source: Path, typed: set[str]) -> list[str]:
-    """data.seq_len at most the pretrained model's max_position_embeddings: lowered if it is the
+def _fit_seq_len(cfg: DictConfig, source: Path, typed: set[str], limit: int, key: str) -> list[str]:
+    """data.seq_len at most the folder's max_position_embeddings (limit): lowered if it is the
     group's default, refused (naming config.json) if the user typed it."""
-    limit, seq_len = cfg.model.max_seq_len, cfg.data.get("seq_len")
+    seq_len = cfg.data.get("seq_len")
     if seq_len is None or seq_len <= limit:
         return []
     if "data.seq_len" in typed:
         raise ConfigError(f"data.seq_len={seq_len} is longer than max_position_embeddings={limit} in {source} "
-                          "(model.pretrained)")
+                          f"({key})")
     cfg.data.seq_len = limit
     return [f"data.seq_len={limit}: max_position_embeddings in {source} (the default, {seq_len}, is longer)"]
 

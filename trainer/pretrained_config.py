@@ -46,25 +46,31 @@ _FIXED_CLASSIFICATION = {
 }
 
 
-def folder_file(folder: Path, name: str) -> Path:
+def folder_file(folder: Path, name: str, key: str = "model.pretrained") -> Path:
     """folder/name, or a ConfigError saying what such a folder holds."""
     path = folder / name
     if not path.is_file():
-        raise ConfigError(f"model.pretrained={folder}: no {name} in it (a Hugging Face-format folder: "
+        raise ConfigError(f"{key}={folder}: no {name} in it (a Hugging Face-format folder: "
                           "config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt)")
     return path
 
 
-def architecture(folder: str | Path, task: str = "mlm") -> dict[str, Any]:
-    """The model config keys that config.json fixes; a ConfigError, naming the file and key, for a
-    value that would change the math in a way the native BERT does not compute."""
-    path = folder_file(Path(folder), "config.json")
+def read_config(folder: str | Path, key: str = "model.pretrained") -> tuple[Path, dict[str, Any]]:
+    """folder/config.json and what it holds, or a ConfigError naming the file."""
+    path = folder_file(Path(folder), "config.json", key)
     try:
         hf = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(hf, dict):
         raise ConfigError(f"{path}: not a JSON object")
+    return path, hf
+
+
+def architecture(folder: str | Path, task: str = "mlm") -> dict[str, Any]:
+    """The model config keys that config.json fixes; a ConfigError, naming the file and key, for a
+    value that would change the math in a way the native BERT does not compute."""
+    path, hf = read_config(folder)
     if hf.get("model_type", "bert") != "bert":
         raise ConfigError(f"{path}: model_type={hf['model_type']}, model=bert loads BERT checkpoints only")
     if hf.get("hidden_act", "gelu") not in BERT_ACTIVATIONS:
@@ -79,3 +85,30 @@ def architecture(folder: str | Path, task: str = "mlm") -> dict[str, Any]:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
     return {**{ours: hf[theirs] for theirs, ours in _SIZES.items()},
             **{ours: hf.get(theirs, default) for theirs, (ours, default) in _DEFAULTED.items()}}
+
+
+# model=hf: the endings of transformers' class names in config.json's `architectures`, and the task
+# each head trains.
+HF_MODEL = "trainer.models.hf.HFModel"
+_HEADS = (("ForCausalLM", "lm"), ("LMHeadModel", "lm"), ("ForMaskedLM", "mlm"), ("ForPreTraining", "mlm"),
+          ("ForSequenceClassification", "classification"))
+# Models whose position ids start after the pad id (RoBERTa's family): max_position_embeddings
+# counts pad_token_id + 1 positions no token ever takes.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer")
+
+
+def hf_task_and_length(folder: str | Path, task: str) -> tuple[str, int | None, Path]:
+    """model=hf: the task (`auto`: the head config.json names), the longest sequence its position
+    embeddings take (None: not said), and config.json's path."""
+    path, hf = read_config(folder, "model.path")
+    if task == "auto":
+        names = [a for a in hf.get("architectures") or [] if isinstance(a, str)]
+        heads = {t for a in names for end, t in _HEADS if a.endswith(end)}
+        if len(heads) != 1:
+            raise ConfigError(f"task=auto: {path} names {', '.join(names) or 'no architectures'}, which says no one "
+                              "task; set task=lm, task=mlm or task=classification")
+        task = heads.pop()
+    limit = hf.get("max_position_embeddings", hf.get("n_positions"))
+    if isinstance(limit, int) and hf.get("model_type") in _OFFSET_POSITIONS:
+        limit -= hf.get("pad_token_id", 1) + 1
+    return task, limit if isinstance(limit, int) else None, path

@@ -6,6 +6,9 @@ transformers' parameter names (trainer/models/pretrained.py's table, read the ot
 config.json keys with the real label names as id2label, and the run's tokenizer files. Such a
 folder is also what `model.pretrained` reads, so an export fine-tunes further.
 
+A model=hf run is written by transformers' own save_pretrained, with the data's label names and
+the tokenizer files.
+
 Any other model (the GPT, a user's own class) is written as trainer names it: model.safetensors
 with the state dict's own names, and config.json holding the model config.
 """
@@ -22,9 +25,14 @@ from safetensors.torch import save_file
 
 from trainer.checkpointing import checkpoint
 from trainer.config import ConfigError
+from trainer.pretrained_config import HF_MODEL
 
 BERT = "trainer.models.Bert"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# A tokenizer as transformers' AutoTokenizer reads it (vocab.json and merges.txt: GPT-2's and RoBERTa's own files).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+LABELS_NOTE = ("id2label: LABEL_0.. (this checkpoint predates label names in checkpoints; the labels are the "
+               "data's, sorted)")
 
 
 def checkpoint_weights(path: Path, state: dict) -> dict:
@@ -59,6 +67,15 @@ def export(run_dir: Path, out: Path | None = None) -> tuple[Path, list[str]]:
     model_cfg = state["config"]["model"]
     origin = {"step": state["step"], "checkpoint": str(path)}
     notes: list[str] = []
+    if model_cfg.get("_target_") == HF_MODEL:
+        from trainer.models import hf
+
+        hf.save_pretrained(model_cfg, weights, state.get("labels"), out, {**origin, "model": model_cfg})
+        if model_cfg["task"] == "classification" and not state.get("labels"):
+            notes.append(LABELS_NOTE)
+        written = [*_copy_tokenizer(state["config"], out, notes), *(p.name for p in out.iterdir())]
+        _readable(out, written, path)
+        return out, notes
     if model_cfg.get("_target_") == BERT:
         from trainer.models import pretrained
 
@@ -70,9 +87,14 @@ def export(run_dir: Path, out: Path | None = None) -> tuple[Path, list[str]]:
         config, written = {**model_cfg, **origin}, []
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt", "step": str(state["step"])})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for name in ("model.safetensors", "config.json", *written):  # safetensors writes 0600
-        (out / name).chmod(path.stat().st_mode & 0o777)  # readable by whoever can read the checkpoint
+    _readable(out, ["model.safetensors", "config.json", *written], path)
     return out, notes
+
+
+def _readable(out: Path, names: list[str], checkpoint_file: Path) -> None:
+    """safetensors writes 0600: the export is readable by whoever can read the checkpoint."""
+    for name in set(names):
+        (out / name).chmod(checkpoint_file.stat().st_mode & 0o777)
 
 
 def _bert_config(model: dict[str, Any], state: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -101,8 +123,7 @@ def _bert_config(model: dict[str, Any], state: dict[str, Any], notes: list[str])
         names = state.get("labels")
         if not names:  # written before checkpoints held the label names
             names = [f"LABEL_{i}" for i in range(model["num_labels"])]
-            notes.append("id2label: LABEL_0.. (this checkpoint predates label names in checkpoints; "
-                          "the labels are the data's, sorted)")
+            notes.append(LABELS_NOTE)
         config.update(id2label={str(i): name for i, name in enumerate(names)},
                       label2id={name: i for i, name in enumerate(names)}, problem_type="single_label_classification")
     return config
@@ -112,9 +133,21 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def _tokenizer_dir(data: dict[str, Any]) -> str | None:
+    """Where the run's tokenizer files are: data.tokenizer (by default the model's folder), or for
+    data=tokens the folder of the tokenizer.json `trainer prepare` used (its meta.json says)."""
+    if data.get("tokenizer"):
+        return data["tokenizer"]
+    meta = Path(data["dir"]) / "meta.json" if data.get("dir") else None
+    if meta and meta.is_file():
+        used = json.loads(meta.read_text()).get("tokenizer")
+        return str(Path(used).parent) if used and used != "bytes" else None
+    return None
+
+
 def _copy_tokenizer(run_config: dict[str, Any], out: Path, notes: list[str]) -> list[str]:
-    """The run's tokenizer files (data.tokenizer, by default model.pretrained) into out."""
-    source = (run_config.get("data") or {}).get("tokenizer")
+    """The run's tokenizer files into out."""
+    source = _tokenizer_dir(run_config.get("data") or {})
     if not source:
         notes.append("no tokenizer files: the run used trainer's byte tokenizer (token id = byte + 3), "
                      "which transformers does not have")
@@ -123,5 +156,5 @@ def _copy_tokenizer(run_config: dict[str, Any], out: Path, notes: list[str]) -> 
     for name in copied:
         shutil.copyfile(Path(source) / name, out / name)
     if not copied:
-        notes.append(f"no tokenizer files: {source} (data.tokenizer) has none now")
+        notes.append(f"no tokenizer files: {source} has none now")
     return copied

@@ -1,4 +1,4 @@
-"""`trainer export RUN_DIR`: the newest checkpoint as a folder other tools load (a BERT: transformers)."""
+"""`trainer export RUN_DIR`: the newest checkpoint as a folder other tools load (a BERT or model=hf: transformers)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ NAME = "export"
 USAGE = """\
   export RUN_DIR [--out DIR]
                           newest checkpoint's weights as safetensors with config.json; a BERT
-                          run as a folder transformers loads (names, labels, tokenizer)"""
+                          or model=hf run as a folder transformers loads (names, labels, tokenizer)"""
 
 
 def main(argv: list[str]) -> None:

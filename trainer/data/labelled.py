@@ -2,8 +2,8 @@
 
 Each record is tokenized on its own (a text, optionally a text pair), truncated to data.seq_len
 tokens; batches are padded to their longest record (dynamic padding) with an attention mask.
-Tokens come from the pretrained folder's WordPiece tokenizer (data.tokenizer) or, without one,
-the built-in byte tokenizer.
+Tokens come from the pretrained folder's tokenizer (data.tokenizer: a tokenizer.json or a BERT's
+vocab.txt, its special tokens as the folder names them) or, without one, the built-in byte tokenizer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from trainer.config import ConfigError
 from trainer.data import lines
-from trainer.data import tokenizer as wordpiece
+from trainer.data import tokenizer as folder_tokenizer
 from trainer.data import tokens
 
 
@@ -104,14 +104,21 @@ class LabelledText:
                 raise ConfigError(f"{eval_file or train_file}: eval labels never seen in training: {', '.join(unknown)}")
         self.num_labels = len(self.label_names) if label_field else None
         if tokenizer:
-            self.tokenizer = wordpiece.load(tokenizer, seq_len)
+            self.tokenizer = folder_tokenizer.load(tokenizer, seq_len)
             self.vocab_size = self.tokenizer.get_vocab_size()
-            self.mask_token_id = self.tokenizer.token_to_id("[MASK]")
-            self.collate = PadCollate(self.tokenizer.token_to_id("[PAD]"))
+            ids = folder_tokenizer.special_ids(tokenizer, self.tokenizer)
+            self.mask_token_id, self.pad_token_id = ids["mask"], ids["pad"]
+            if self.pad_token_id is None:
+                if ids["eos"] is None:
+                    raise ConfigError(f"data.tokenizer={tokenizer}: it names no pad token and no end-of-sequence "
+                                      "token to pad with (tokenizer_config.json's pad_token)")
+                # GPT-2's tokenizer has no pad token; padding with its end-of-text token is the usual
+                # choice (the attention mask hides it, and classifiers read the last real token).
+                self.pad_token_id = ids["eos"]
         else:
             self.tokenizer, self.seq_len = None, seq_len
-            self.vocab_size, self.mask_token_id = tokens.BYTE_VOCAB_SIZE, tokens.MASK_ID
-            self.collate = PadCollate(tokens.PAD_ID)
+            self.vocab_size, self.mask_token_id, self.pad_token_id = tokens.BYTE_VOCAB_SIZE, tokens.MASK_ID, tokens.PAD_ID
+        self.collate = PadCollate(self.pad_token_id)
         self.fields = (text_field, text_pair_field, label_field)
         self.train, self.eval = Records(self._encode(train)), Records(self._encode(held_out))
 

@@ -30,10 +30,9 @@ import numpy as np
 
 from trainer.config import ConfigError
 from trainer.data import tokens
+from trainer.data.tokens import EOS_TOKENS
 
 FORMAT = 1
-# End-of-document tokens, in the order they are looked for in a tokenizer.json's vocabulary.
-EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "[SEP]")
 CHUNK_CHARS = 1 << 20  # a plain-text file is read ~1 MB at a time, cut at a line end
 BATCH_DOCS = 256  # documents per call of the tokenizer
 BATCH_CHUNKS = 16  # a plain file's chunks per call (they are cut where they tokenize independently)

@@ -1,4 +1,5 @@
-"""A pretrained model's WordPiece tokenizer, read from its folder with the `tokenizers` library."""
+"""A pretrained model's tokenizer, read from its folder with the `tokenizers` library: a
+tokenizer.json (WordPiece, BPE, any), or a BERT's vocab.txt."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from trainer.config import ConfigError
+from trainer.data.tokens import EOS_TOKENS
 
 
 def load(folder: str | Path, max_len: int) -> Tokenizer | BertWordPieceTokenizer:
@@ -31,7 +33,37 @@ def load(folder: str | Path, max_len: int) -> Tokenizer | BertWordPieceTokenizer
         raise ConfigError(f"data.tokenizer={folder}: no tokenizer.json or vocab.txt in it")
     tok.no_padding()
     tok.enable_truncation(max_length=max_len)
-    for special in ("[PAD]", "[MASK]", "[CLS]", "[SEP]"):
-        if tok.token_to_id(special) is None:
-            raise ConfigError(f"data.tokenizer={folder}: its vocabulary has no {special} token")
+    if not (folder / "tokenizer.json").is_file():
+        for special in ("[CLS]", "[SEP]"):  # what BertWordPieceTokenizer wraps each record in
+            if tok.token_to_id(special) is None:
+                raise ConfigError(f"data.tokenizer={folder}: its vocab.txt has no {special} token")
     return tok
+
+
+# Where transformers' tokenizers name their special tokens' roles (a later file wins), and BERT's
+# names for a folder that names none (a vocab.txt, or a tokenizer.json alone).
+ROLE_FILES = ("special_tokens_map.json", "tokenizer_config.json")
+BERT_NAMES = {"pad": "[PAD]", "mask": "[MASK]"}
+
+
+def special_ids(folder: str | Path, tok: Tokenizer | BertWordPieceTokenizer) -> dict[str, int | None]:
+    """The ids of the pad, mask and end-of-sequence tokens (None where the tokenizer has none)."""
+    folder = Path(folder)
+    named: dict[str, str] = dict(BERT_NAMES)
+    for name in ROLE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            roles = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        for role in ("pad", "mask", "eos"):
+            value = roles.get(f"{role}_token") if isinstance(roles, dict) else None
+            value = value.get("content") if isinstance(value, dict) else value  # an AddedToken, as older files wrote it
+            if isinstance(value, str):
+                named[role] = value
+    ids = {role: tok.token_to_id(named[role]) if role in named else None for role in ("pad", "mask", "eos")}
+    if ids["eos"] is None:  # a tokenizer.json alone (GPT-2's): its end-of-text token by name (not BERT's [SEP])
+        ids["eos"] = next((i for t in EOS_TOKENS[:-1] if (i := tok.token_to_id(t)) is not None), None)
+    return ids

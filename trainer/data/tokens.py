@@ -9,6 +9,8 @@ MASK_ID = 1
 EOS_ID = 2  # separates documents in a token stream
 FIRST_REGULAR_ID = 3
 BYTE_VOCAB_SIZE = FIRST_REGULAR_ID + 256
+# Other tokenizers' end-of-document tokens, in the order they are looked for in a vocabulary.
+EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "[SEP]")
 
 
 def encode(text: str) -> torch.Tensor:

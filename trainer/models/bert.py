@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import ConfigError
+from trainer.models.masking import check_mask_id, mask_tokens
 from trainer.models.transformer import _init_weights
-
-_EVAL_MASK_SEED = 1234
 
 # config.json's hidden_act, as transformers' ACT2FN computes each (gelu_new is the tanh approximation).
 ACTIVATIONS = {
@@ -107,6 +106,8 @@ class Bert(nn.Module):
             raise ConfigError(f"task={task}: model=bert does task=mlm or task=classification")
         if task == "classification" and not num_labels:
             raise ConfigError("task=classification: the data has no labels (set data.label_field)")
+        if task == "mlm":
+            mask_token_id = check_mask_id(mask_token_id)
         self.task, self.mask_prob, self.mask_token_id, self.vocab_size = task, mask_prob, mask_token_id, vocab_size
         self.embeddings = Embeddings(vocab_size, hidden_size, max_seq_len, type_vocab_size, layer_norm_eps, dropout)
         if hidden_act not in ACTIVATIONS:
@@ -152,19 +153,5 @@ class Bert(nn.Module):
     def mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              special_tokens_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (masked inputs, labels with -100 where no prediction is asked). No host sync."""
-        gen = None
-        if not self.training:
-            gen = torch.Generator(device=input_ids.device).manual_seed(_EVAL_MASK_SEED)
-        u = torch.rand(input_ids.shape, device=input_ids.device, generator=gen)
-        chosen = u < self.mask_prob
-        if attention_mask is not None:
-            chosen &= attention_mask.bool()
-        if special_tokens_mask is not None:
-            chosen &= ~special_tokens_mask.bool()
-        labels = torch.where(chosen, input_ids, -100)
-        # Reuse u to split the chosen positions 80/10/10 without a second draw.
-        r = u / self.mask_prob
-        random_ids = torch.randint(0, self.vocab_size, input_ids.shape, device=input_ids.device, generator=gen)
-        inputs = torch.where(chosen & (r < 0.8), self.mask_token_id, input_ids)
-        inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs)
-        return inputs, labels
+        return mask_tokens(input_ids, attention_mask, special_tokens_mask, prob=self.mask_prob,
+                           mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, training=self.training)
