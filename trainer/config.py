@@ -365,6 +365,11 @@ class LogConfig:
     per_layer: bool = _doc("log each module's gradient norm (`layers/grad_norm/<module>`, pre-clip) and "
                            "update/weight ratio (`layers/update_ratio/<module>`) at log steps; no cost on other "
                            "steps or when off")
+    mlflow: bool = _doc("also log to MLflow (the `mlflow` extra): the same scalars, the config as params, the final "
+                        "metrics (see \"What is logged\")")
+    mlflow_uri: Optional[str] = _doc("the MLflow store; `null`: `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in "
+                                     "the working directory (MLflow's own default; no server)")
+    mlflow_experiment: str = _doc("the MLflow experiment the run is filed under")
 
 
 # What each group's options are, for the README's key table (trainer/keys.py renders it).
@@ -386,7 +391,7 @@ GROUP_DOCS = {
                 "FSDP2 (see \"Many GPUs and nodes\"); with one process, none of them changes anything",
     "checkpoint": "checkpoints and resume (see \"Checkpoints, resume and preemption\")",
     "guard": "the loss-spike guard",
-    "log": "extra logging",
+    "log": "extra logging, and MLflow as a second logger",
 }
 TOP_LEVEL_DOCS = {"task": "`auto`: `lm` for `gpt`, `mlm` for `bert`, for `hf` the head its `config.json` names; "
                           "`classification` (`bert` or `hf` with labelled data)"}

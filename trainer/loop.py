@@ -52,6 +52,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     totals = Totals()
     run.model.train()
     display.step(step)
+    meter.start()
+    error: BaseException | None = None
     try:
         with StopRequest() as stop:
             while step < t.max_steps:
@@ -83,9 +85,12 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
         summary = totals.summary(run, history, guard, checkpointer.dir)
         if hparams is not None:
             logger.hparams(hparams, summary, step)
+    except BaseException as e:
+        error = e
+        raise
     finally:
         display.close()
-        logger.close()
+        logger.close(error)
     return summary
 
 

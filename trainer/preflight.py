@@ -50,6 +50,8 @@ def check(cfg: DictConfig, command_line: Iterable[str] = ()) -> list[str]:
         cfg.data.label_field = DEFAULT_LABEL_FIELD
         notes.append(f"data.label_field={DEFAULT_LABEL_FIELD} (task=classification; the Hugging Face datasets "
                      "convention): set data.label_field for another field")
+    if cfg.log.get("mlflow") and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("log.mlflow=true needs mlflow: pip install 'trainer[mlflow]'")
     validate(cfg)
     capabilities.check(cfg, imported=False)
     check_device(cfg.trainer.device.name)

@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.tree import Tree
 
+from trainer.monitoring.mlflow_run import where as mlflow_where
+
 # Hydra points the root logger at <run dir>/train.log only; the terminal is this module's.
 log = logging.getLogger("trainer")
 
@@ -61,6 +63,7 @@ class Display:
         # Off a terminal, lines must not wrap at an imagined width: logs are read by grep.
         self.console = Console(soft_wrap=not self.interactive)
         self.progress: Progress | None = None
+        self.mlflow_line: str | None = None
 
     def print(self, *objects: object) -> None:
         if not self.quiet:
@@ -69,8 +72,11 @@ class Display:
     def start(self, cfg: DictConfig, run_dir: Path, device: str, num_params: int) -> None:
         self.print(config_tree(cfg))
         self.print(f"model: {num_params / 1e6:.2f}M parameters on {device}")
+        self.mlflow_line = mlflow_where(cfg)
         self.print(f"outputs: {run_dir}")
         self.print(f"tensorboard: tensorboard --logdir {run_dir}")
+        if self.mlflow_line:
+            self.print(self.mlflow_line)
         if self.interactive and not self.quiet:
             self.progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -119,3 +125,5 @@ class Display:
         self.print(table)
         self.print(f"outputs: {run_dir}")
         self.print(f"tensorboard: tensorboard --logdir {run_dir}")
+        if self.mlflow_line:
+            self.print(self.mlflow_line)

@@ -1,4 +1,5 @@
-"""TensorBoard for one run: when to log, what a log step records, and the final HParams.
+"""TensorBoard (and with log.mlflow, MLflow) for one run: when to log, what a log step records,
+and the final HParams.
 
 Rank 0 alone writes, into the run dir itself (one run per directory, which TensorBoard's run
 list, `trainer report` and the HPARAMS tab all rely on); other ranks hold no writer.
@@ -31,6 +32,7 @@ class Logger:
     def __init__(self, run: Run, run_dir: Path, start_step: int, main: bool):
         self.every, self.max_steps = run.cfg.trainer.log_every, run.cfg.trainer.max_steps
         self.writer: SummaryWriter | None = None
+        self.mlflow = None
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
@@ -38,6 +40,10 @@ class Logger:
             # (a fresh start in a dir a killed run left events in) everything it logged.
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1)
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
+            if run.cfg.log.get("mlflow"):
+                from trainer.monitoring.mlflow_run import MLflowRun
+
+                self.mlflow = MLflowRun(run.cfg, run_dir, resumed=start_step > 0)
 
     def should_log(self, step: int) -> bool:
         """Log steps: every trainer.log_every steps, and the last step."""
@@ -48,6 +54,8 @@ class Logger:
         if self.writer:
             for tag, value in metrics.items():
                 self.writer.add_scalar(tag, value, step)
+        if self.mlflow:
+            self.mlflow.log(step, metrics)
 
     def restarted_at(self, step: int) -> None:
         """Tell TensorBoard the steps after `step` are being redone (a rollback): it drops the old ones."""
@@ -71,9 +79,12 @@ class Logger:
         if self.writer:
             self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """error: what ended the run early, if anything (MLflow records the run's status)."""
         if self.writer:
             self.writer.close()
+        if self.mlflow:
+            self.mlflow.end(error)
 
 
 def policy_metrics(run: Run, lr: float, guard: SpikeGuard | None, probe: LayerProbe | None) -> dict[str, float]:

@@ -28,6 +28,11 @@ class Meter:
         self.tokens = 0
         self.started = time.perf_counter()
 
+    def start(self) -> None:
+        """Time the first interval from here (the first step), not from the set-up before it: a
+        resume, the writers, the MLflow store."""
+        self.started = time.perf_counter()
+
     def add(self, r: StepResult, samples: int, tokens: int) -> None:
         # Non-finite values would turn every average into inf/NaN, so each average is over the steps
         # where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
