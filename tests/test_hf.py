@@ -260,11 +260,12 @@ def test_ddp_and_fsdp_equal_one_process_and_fsdp_resumes_exactly(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("policy", [["amp=fp16"], ["amp=bf16"], ["clip=agc"], ["clip=zclip", "clip.warmup_steps=2"],
-                                    ["clip.controller=true"]])
+                                    ["clip=autoclip"], ["clip=value"], ["clip=none"], ["clip.controller=true"]])
 def test_precisions_and_clipping_policies_train_a_transformers_model(tmp_path, policy):
     """Each precision and clipping policy on a transformers GPT-2 (the same loop as the native
-    models): step 1's gradient norm, logged in unscaled units, is fp32's (fp16 within 1%: the
-    GradScaler's 65536 is taken out before it is measured; bf16 within 5%), and three steps train."""
+    models): step 1's gradient norm, logged in unscaled units before clipping, is fp32's (fp16
+    within 1%: the GradScaler's 65536 is taken out before it is measured; bf16 within 5%), and
+    three steps train."""
     _, overrides = setup(tmp_path, "gpt2")
     common = [*COMMON, *overrides, "trainer.max_steps=3", "trainer.eval_every=100"]
     train(build(make_config(*common)), tmp_path / "fp32", Display(3, quiet=True))

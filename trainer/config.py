@@ -173,6 +173,24 @@ class LabelledDataConfig(DataConfig):
                                      "a seeded sample of `train_file`'s records when there is no `eval_file`")
 
 
+@dataclass
+class HFDataConfig(DataConfig):
+    _target_: str = MISSING
+    path: str = _doc("a folder `save_to_disk` wrote (a Dataset, or a DatasetDict with splits), or data files: "
+                     "`.parquet`, `.jsonl`/`.json`, `.csv`, `.arrow` (a glob); read with `datasets`, never downloaded")
+    split: str = _doc("the training split of a DatasetDict folder")
+    eval_path: Optional[str] = _doc("held-out data files or folder; `null`: `eval_split` of `path`")
+    eval_split: Optional[str] = _doc("the held-out split; `null`: `validation` or `test` if `path` has one, else "
+                                     "`val_fraction` of the training rows (seeded)")
+    text_field: str = _doc("the column holding the text")
+    text_pair_field: Optional[str] = _doc("a second text column, encoded as a pair (classification)")
+    label_field: Optional[str] = _doc("the label column: one record per row (classification); `null`: the text "
+                                     "column as one token stream cut into `seq_len` windows (lm, mlm)")
+    tokenizer: Optional[str] = _doc("a folder with `tokenizer.json` or `vocab.txt` (default: `model.pretrained` "
+                                    "or `model.path`); `null`: bytes")
+    val_fraction: float = _open_unit("the share of training rows held out when there is no held-out split")
+
+
 # ---------------------------------------------------------------- optim / sched
 _LR = "peak learning rate"
 _DECAY = "weight decay (decoupled for AdamW, L2 for SGD), on matrices only: not biases or norm gains"
@@ -380,7 +398,8 @@ GROUP_DOCS = {
              "(`model.path`; the `hf` extra; see \"Any Hugging Face model\")",
     "data": "`text`: files on disk as one byte-token stream; `synthetic`: a generated learnable task; "
             "`jsonl`/`csv`: one record per line or row, for `bert` (classification or masked LM); `tokens`: a "
-            "corpus `trainer prepare` tokenized (any `tokenizer.json`), read where it lies",
+            "corpus `trainer prepare` tokenized (any `tokenizer.json`), read where it lies; `hf`: a dataset on disk "
+            "(parquet, JSON Lines, CSV, Arrow, `save_to_disk`) read with Hugging Face `datasets` (the `hf` extra)",
     "optim": "torch's AdamW and SGD",
     "sched": "LR schedule: `cosine` (warm-up, cosine decay), `constant` (warm-up, then flat), `plateau` "
              "(ReduceLROnPlateau on `eval/loss`; patience counts evals)",
@@ -401,7 +420,7 @@ SCHEMAS = {
     "model": {"gpt": ModelConfig, "bert": BertConfig, "hf": HFModelConfig},
     # data=csv is data=jsonl's config (conf/data/csv.yaml includes it): the reader goes by suffix.
     "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig, "jsonl": LabelledDataConfig,
-             "tokens": TokensDataConfig},
+             "tokens": TokensDataConfig, "hf": HFDataConfig},
     "optim": {"adamw": AdamWConfig, "sgd": SGDConfig},
     "sched": {"cosine": CosineConfig, "constant": ConstantConfig, "plateau": PlateauConfig},
     "amp": {"fp32": AmpConfig, "bf16": AmpConfig, "fp16": FP16Config},

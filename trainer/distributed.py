@@ -7,9 +7,11 @@ by DDP or FSDP2's fully_shard.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import sys
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -63,6 +65,20 @@ def all_gather_object(obj: object) -> list[object]:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (writing a cache the others then read: a tokenized dataset), then
+    the other ranks; rank 0 lets them go even if it failed, so each says its own error."""
+    w = world()
+    if w.size > 1 and not w.main:
+        barrier()
+    try:
+        yield
+    finally:
+        if w.size > 1 and w.main:
+            barrier()
 
 
 def finish() -> None:

@@ -103,21 +103,10 @@ class LabelledText:
             if unknown:
                 raise ConfigError(f"{eval_file or train_file}: eval labels never seen in training: {', '.join(unknown)}")
         self.num_labels = len(self.label_names) if label_field else None
-        if tokenizer:
-            self.tokenizer = folder_tokenizer.load(tokenizer, seq_len)
-            self.vocab_size = self.tokenizer.get_vocab_size()
-            ids = folder_tokenizer.special_ids(tokenizer, self.tokenizer)
-            self.mask_token_id, self.pad_token_id = ids["mask"], ids["pad"]
-            if self.pad_token_id is None:
-                if ids["eos"] is None:
-                    raise ConfigError(f"data.tokenizer={tokenizer}: it names no pad token and no end-of-sequence "
-                                      "token to pad with (tokenizer_config.json's pad_token)")
-                # GPT-2's tokenizer has no pad token; padding with its end-of-text token is the usual
-                # choice (the attention mask hides it, and classifiers read the last real token).
-                self.pad_token_id = ids["eos"]
-        else:
-            self.tokenizer, self.seq_len = None, seq_len
-            self.vocab_size, self.mask_token_id, self.pad_token_id = tokens.BYTE_VOCAB_SIZE, tokens.MASK_ID, tokens.PAD_ID
+        self.seq_len = seq_len
+        vocab = folder_tokenizer.vocabulary(tokenizer, seq_len)
+        self.tokenizer, self.vocab_size = vocab.tokenizer, vocab.size
+        self.mask_token_id, self.pad_token_id = vocab.mask_id, vocab.pad_id
         self.collate = PadCollate(self.pad_token_id)
         self.fields = (text_field, text_pair_field, label_field)
         self.train, self.eval = Records(self._encode(train)), Records(self._encode(held_out))
@@ -126,27 +115,36 @@ class LabelledText:
         text_field, pair_field, label_field = self.fields
         texts = [str(r[text_field]) for r in records]
         pairs = [str(r[pair_field]) for r in records] if pair_field else None
-        items = []
-        if self.tokenizer is not None:
-            encodings = self.tokenizer.encode_batch(list(zip(texts, pairs)) if pairs else texts)
-            for e in encodings:
-                items.append({"input_ids": torch.tensor(e.ids), "attention_mask": torch.tensor(e.attention_mask),
-                              "token_type_ids": torch.tensor(e.type_ids),
-                              "special_tokens_mask": torch.tensor(e.special_tokens_mask)})
-        else:
-            for i, text in enumerate(texts):
-                # [EOS] first: position 0 is what the classifier pools, like BERT's [CLS].
-                first = torch.cat([torch.tensor([tokens.EOS_ID]), tokens.encode(text)])
-                ids = torch.cat([first, torch.tensor([tokens.EOS_ID]), tokens.encode(pairs[i])]) if pairs else first
-                ids = ids[:self.seq_len]
-                types = torch.zeros_like(ids)
-                if pairs:
-                    types[len(first):] = 1
-                special = (ids == tokens.EOS_ID).long()
-                items.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": types,
-                              "special_tokens_mask": special})
+        items = encode_records(self.tokenizer, self.seq_len, texts, pairs)
         if label_field:
             index = {name: i for i, name in enumerate(self.label_names)}
             for item, record in zip(items, records):
                 item["labels"] = torch.tensor(index[str(record[label_field])])
         return items
+
+
+def encode_records(tokenizer: Any, seq_len: int, texts: list[str], pairs: list[str] | None = None
+                   ) -> list[dict[str, torch.Tensor]]:
+    """Each text (and pair) as one record: ids, attention mask, token types, special-tokens mask.
+    With a tokenizer: its own special tokens and truncation (set to seq_len when it was loaded);
+    with bytes: [EOS] text ([EOS] pair), truncated to seq_len."""
+    items = []
+    if tokenizer is not None:
+        encodings = tokenizer.encode_batch(list(zip(texts, pairs)) if pairs else texts)
+        for e in encodings:
+            items.append({"input_ids": torch.tensor(e.ids), "attention_mask": torch.tensor(e.attention_mask),
+                          "token_type_ids": torch.tensor(e.type_ids),
+                          "special_tokens_mask": torch.tensor(e.special_tokens_mask)})
+        return items
+    for i, text in enumerate(texts):
+        # [EOS] first: position 0 is what the classifier pools, like BERT's [CLS].
+        first = torch.cat([torch.tensor([tokens.EOS_ID]), tokens.encode(text)])
+        ids = torch.cat([first, torch.tensor([tokens.EOS_ID]), tokens.encode(pairs[i])]) if pairs else first
+        ids = ids[:seq_len]
+        types = torch.zeros_like(ids)
+        if pairs:
+            types[len(first):] = 1
+        special = (ids == tokens.EOS_ID).long()
+        items.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": types,
+                      "special_tokens_mask": special})
+    return items

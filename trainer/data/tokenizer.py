@@ -4,12 +4,14 @@ tokenizer.json (WordPiece, BPE, any), or a BERT's vocab.txt."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from trainer.config import ConfigError
+from trainer.data import tokens
 from trainer.data.tokens import EOS_TOKENS
 
 
@@ -67,3 +69,31 @@ def special_ids(folder: str | Path, tok: Tokenizer | BertWordPieceTokenizer) -> 
     if ids["eos"] is None:  # a tokenizer.json alone (GPT-2's): its end-of-text token by name (not BERT's [SEP])
         ids["eos"] = next((i for t in EOS_TOKENS[:-1] if (i := tok.token_to_id(t)) is not None), None)
     return ids
+
+
+@dataclass
+class Vocabulary:
+    """A data source's tokenizer (None: the built-in bytes) and the special ids batches need."""
+
+    tokenizer: Tokenizer | BertWordPieceTokenizer | None
+    size: int
+    pad_id: int
+    mask_id: int | None
+    eos_id: int | None
+
+
+def vocabulary(folder: str | Path | None, seq_len: int) -> Vocabulary:
+    """A folder's tokenizer truncating to seq_len (bytes when folder is None), with its special ids."""
+    if not folder:
+        return Vocabulary(None, tokens.BYTE_VOCAB_SIZE, tokens.PAD_ID, tokens.MASK_ID, tokens.EOS_ID)
+    tok = load(folder, seq_len)
+    ids = special_ids(folder, tok)
+    pad = ids["pad"]
+    if pad is None:
+        if ids["eos"] is None:
+            raise ConfigError(f"data.tokenizer={folder}: it names no pad token and no end-of-sequence "
+                              "token to pad with (tokenizer_config.json's pad_token)")
+        # GPT-2's tokenizer has no pad token; padding with its end-of-text token is the usual
+        # choice (the attention mask hides it, and classifiers read the last real token).
+        pad = ids["eos"]
+    return Vocabulary(tok, tok.get_vocab_size(), pad, ids["mask"], ids["eos"])
