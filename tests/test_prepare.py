@@ -75,6 +75,33 @@ def test_a_byte_level_bpe_gives_the_ids_of_each_whole_document_even_read_in_smal
 
 
 @pytest.mark.integration
+def test_tokenizer_calls_take_batches_across_files(tmp_path, monkeypatch):
+    """Many small files: a few tokenizer calls of many texts (what its threads spread over the
+    cores), not a call per file; the ids are those of one call per document."""
+    docs = corpus(tmp_path / "c", n_jsonl=0, n_txt=40)
+    bpe = byte_bpe(tmp_path / "tokenizer.json", docs)
+    real = prep.load_tokenizer
+    calls = []
+
+    def counted(path):
+        tok = real(path)
+        encode = tok.encode_batch
+        tok.encode_batch = lambda texts: calls.append(len(texts)) or encode(texts)
+        return tok
+
+    monkeypatch.setattr(prep, "load_tokenizer", counted)
+    prep.prepare(str(tmp_path / "c" / "*"), tmp_path / "out", tokenizer=str(bpe), val_fraction=0.2, quiet=True)
+    # each file: its text in two pieces (cut at its last safe line end) and its end marker; one call
+    assert calls == [120]
+    monkeypatch.setattr(prep, "BATCH_DOCS", 32)
+    calls.clear()
+    prep.prepare(str(tmp_path / "c" / "*"), tmp_path / "out2", tokenizer=str(bpe), val_fraction=0.2, quiet=True)
+    assert calls == [32, 32, 32, 24]
+    for name in ("train.bin", "val.bin"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "out2" / name).read_bytes()
+
+
+@pytest.mark.integration
 def test_data_tokens_reads_windows_where_they_lie_and_trains(tmp_path):
     corpus(tmp_path / "c", n_jsonl=200)
     prep.prepare(str(tmp_path / "c" / "*"), tmp_path / "out", val_fraction=0.2, quiet=True)

@@ -34,8 +34,8 @@ from trainer.data.tokens import EOS_TOKENS
 
 FORMAT = 1
 CHUNK_CHARS = 1 << 20  # a plain-text file is read ~1 MB at a time, cut at a line end
-BATCH_DOCS = 256  # documents per call of the tokenizer
-BATCH_CHUNKS = 16  # a plain file's chunks per call (they are cut where they tokenize independently)
+BATCH_DOCS = 256  # texts (documents, or a long file's ~1 MB chunks) per call of the tokenizer, at most
+BATCH_CHARS = 16 << 20  # and characters per call
 
 
 @dataclass
@@ -198,16 +198,19 @@ def prepare(pattern: str, out: Path, tokenizer: str | None = None, text_field: s
                     split.documents += 1
                     document += 1
 
+        # A batch spans files: one encode_batch call is what the Rust tokenizer spreads over every
+        # core, and a corpus of many small files would give it one document at a time otherwise.
+        batch, ends, chars = [], [], 0
         for path in files:
-            batch, ends = [], []
             jsonl = path.suffix == ".jsonl"
             for text in documents(path, text_field, advance):
-                end = jsonl or text == ""
                 batch.append(text)
-                ends.append(end)
-                if len(batch) >= (BATCH_DOCS if jsonl else BATCH_CHUNKS):  # one encode_batch: every core
+                ends.append(jsonl or text == "")
+                chars += len(text)
+                if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
                     emit(batch, ends)
-                    batch, ends = [], []
+                    batch, ends, chars = [], [], 0
+        if batch:
             emit(batch, ends)
     seconds = time.perf_counter() - started
     for s in splits.values():
