@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # gigabytes of CUDA wheels onto CPU machines.
 TORCH  := torch==2.13.0
 
-.PHONY: install train test test-fast bench bench-startup docs clean
+.PHONY: install train test test-fast bench bench-startup gpu-check gpu-wheels docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +28,31 @@ test-fast: install
 	$(BIN)/pytest -q -m unit $(ARGS)
 
 # trainer's loop against a hand-written loop, and clipping's cost: the default GPT with bf16 autocast
-# and norm clipping, at a batch (4 x 64 tokens) that takes under two minutes on 2 CPU cores.
+# and norm clipping, at a batch (4 x 64 tokens) that takes under two minutes on 2 CPU cores; then
+# the tiny preset, where the loop's own per-step cost shows (about a minute).
 BENCH := --steps 10 --repeats 9 amp=bf16 data.batch_size=4 data.seq_len=64
 bench: install
-	$(BIN)/trainer bench $(or $(ARGS),$(BENCH))
+ifdef ARGS
+	$(BIN)/trainer bench $(ARGS)
+else
+	$(BIN)/trainer bench $(BENCH)
+	$(BIN)/trainer bench --preset tiny
+endif
 
 # --help, config errors and a one-step run, each a whole process (median of 7); about two minutes.
 bench-startup: install
 	$(BIN)/python benchmarks/startup.py $(ARGS)
+
+# Every check that needs a GPU (see "Performance": the GPU plan). On the lent GPU machine, which has
+# torch but no internet: `make gpu-wheels` here first, then carry .whl/ and run `make gpu-check` there.
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+# What the GPU machine's python3 (3.12, with torch) lacks, as pure-Python wheels it installs offline
+# (the versions this checkout's .venv tests with; antlr4 is an sdist on PyPI, so pip builds its wheel).
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+gpu-wheels:
+	$(PYTHON) -m pip wheel --quiet --no-deps -w .whl $(GPU_WHEELS)
 
 # The README's key table, rendered from the schema (trainer/config.py) and conf/.
 docs: install

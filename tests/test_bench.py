@@ -40,7 +40,27 @@ def test_measure_reports_every_side_and_clipping_cost():
     assert [r["side"] for r in rows] == ["raw", "trainer", "trainer clip=none", "trainer clip=zclip"]
     assert rows[0]["ratio to raw"] == "1.000"
     assert all(float(r["ms/step median"]) > 0 for r in rows)
+    assert rows[0]["CPU ratio (IQR)"] == "1.000 (1.000-1.000)" and rows[0]["aten ops/step"].isdigit()
+    assert all(r["aten ops/step"].split()[1].startswith("(+") for r in rows[1:])
     assert notes[0].startswith("clipping, end to end") and notes[1].startswith("clipping, isolated")
+
+
+@pytest.mark.integration
+def test_ops_are_counted_per_step_and_cpu_ratios_are_paired(tmp_path):
+    """The profiler's aten ops per step: the same count for the same work, growing with what a
+    side does (clipping adds its norm and scaling ops; trainer's metrics add to the raw loop's)."""
+    from trainer.commands.bench import PRESETS
+
+    cfg = make_config(*PRESETS["tiny"]["overrides"], "trainer.max_steps=20", "trainer.eval_every=20")
+    count = {name: bench.ops_per_step(name, build(make_config(*PRESETS["tiny"]["overrides"], *extra,
+                                                               "trainer.max_steps=20", "trainer.eval_every=20")),
+                                      20, tmp_path / name)
+             for name, extra in (("raw", []), ("trainer", []), ("trainer clip=none", ["clip=none"]))}
+    again = bench.ops_per_step("raw", build(cfg), 20, tmp_path / "again")
+    assert count["raw"] == again > 100  # a 1-layer GPT's forward, backward and fused AdamW: hundreds
+    assert count["trainer clip=none"] < count["trainer"] and count["raw"] < count["trainer"]
+    # ratios within each repeat (2, 3, 2, 3), not of medians (3.5 / 1.5)
+    assert bench.paired_ratio([2.0, 3.0, 4.0, 9.0], [1.0, 1.0, 2.0, 3.0]) == (2.5, 2.0, 3.0)
 
 
 @pytest.mark.unit

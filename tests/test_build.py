@@ -79,3 +79,18 @@ def test_keys_no_schema_has_are_refused_even_with_plus(override, message):
         check_keys(make_config(*TINY, override))
     check_keys(make_config("+recipes=gpt-text"))  # a recipe merges into known groups
     check_keys(make_config(*TINY))  # and so does +debug=tiny
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("asked", ["auto", "cuda"])
+def test_a_rank_beyond_the_nodes_gpus_is_one_line(monkeypatch, asked):
+    """Two processes on a one-GPU node: rank 1 has no cuda:1. Refused in one line, not a CUDA
+    'invalid device ordinal' traceback; rank 0 gets its GPU."""
+    from trainer.build import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device(asked, local_rank=0) == torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match=rf"^trainer.device={asked}: local rank 1 has no GPU of its own \(this node "
+                                          r"has 1\); start at most that many processes per node"):
+        resolve_device(asked, local_rank=1)

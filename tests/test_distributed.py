@@ -24,7 +24,9 @@ from trainer.checkpointing.export import checkpoint_weights
 pytestmark = pytest.mark.slow
 
 # Synthetic data, fp32, clipping active on every step (max_norm below the norms seen).
-BASE = [*TINY, "trainer.log_every=1", "trainer.eval_every=1000", "clip.max_norm=0.5", "optim.fused=false",
+# One GPU per process: with two GPUs the ranks run on them (NCCL); with fewer, on the CPU (gloo).
+DEVICE = "auto" if torch.cuda.device_count() >= 2 else "cpu"
+BASE = [*TINY, f"trainer.device={DEVICE}", "trainer.log_every=1", "trainer.eval_every=1000", "clip.max_norm=0.5", "optim.fused=false",
         "sched=constant", "guard.spike=false"]
 
 

@@ -16,6 +16,8 @@ from trainer.loop import train
 from trainer.monitoring.display import Display
 from trainer.preemption import Preempted
 
+pytest.importorskip("mlflow")  # the test extra has it; a machine without the extra skips these
+
 COMMON = [*TINY, "trainer.log_every=1", "trainer.eval_every=4", "log.mlflow=true", "model.dropout=0.1"]
 
 

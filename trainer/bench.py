@@ -8,6 +8,11 @@ log, so the run's fixed costs (opening the event file, the closing eval and chec
 charged per step. The raw loop reads its loss at the same interval, as a hand-written loop that
 prints its loss would.
 
+Each side's process CPU time is taken over the same span as its wall time, and reported as the
+median (and interquartile range) of the ratios side/raw within each repeat: on a shared machine
+the pairs share its state, so this is steadier than a ratio of wall medians. The aten ops per step
+of each side are counted by torch's profiler over a few extra steps (counted, not timed).
+
 A ``clip=none`` trainer side always runs too: trainer(clip policy) - trainer(clip=none) is what
 clipping costs end to end. Clipping alone is also timed in isolation (``clip_grad_norm_`` on the
 model's real gradients, many calls), which is far less noisy than a difference of two medians.
@@ -15,10 +20,13 @@ model's real gradients, many calls), which is far less noisy than a difference o
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -65,20 +73,26 @@ def raw_loop(run: Run, steps: int) -> None:
 
 
 class _Clock(Display):
-    """A silent display that notes when the first step starts and when the last log is written."""
+    """A silent display that notes when the first step starts and when the last log is written
+    (wall and process CPU time), and can run a profiler between the two."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, profiler: torch.profiler.profile | None = None):
         super().__init__(steps, quiet=True)
-        self.start = self.end = 0.0
+        self.start = self.end = self.cpu_start = self.cpu_end = 0.0
+        self.profiler = profiler
 
     def step(self, step: int) -> None:
         if not self.start:
-            self.start = time.perf_counter()
+            if self.profiler:
+                _silently(self.profiler.start)
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def log(self, step: int, m: dict[str, float], scale: float, lr: float) -> None:
         # The log follows the interval's host read, so the device has finished every step by now.
         if step == self.max_steps:
-            self.end = time.perf_counter()
+            self.end, self.cpu_end = time.perf_counter(), time.process_time()
+            if self.profiler:
+                _silently(self.profiler.stop)
 
 
 def _sync(device: torch.device) -> None:
@@ -86,17 +100,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(name: str, run: Run, steps: int, out: Path) -> float:
-    """Seconds for `steps` steps of one side."""
+def _timed(name: str, run: Run, steps: int, out: Path) -> tuple[float, float]:
+    """Wall and process CPU seconds for `steps` steps of one side."""
     _sync(run.device)
     if name == "raw":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         raw_loop(run, steps)
         _sync(run.device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
     clock = _Clock(steps)
     train(run, out, clock)
-    return clock.end - clock.start
+    return clock.end - clock.start, clock.cpu_end - clock.cpu_start
+
+
+def ops_per_step(name: str, run: Run, steps: int, out: Path) -> float:
+    """aten ops per step of one side, counted by torch's profiler over `steps` steps (the trainer
+    side between its first step and its last log, as it is timed). Every aten:: event counts,
+    nested ones too, alike on both sides: on a GPU each is a kernel launch or its bookkeeping."""
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU])
+    if name == "raw":
+        _silently(profiler.start)
+        raw_loop(run, steps)
+        _silently(profiler.stop)
+    else:
+        train(run, out, _Clock(steps, profiler))
+    return sum(e.name.startswith("aten::") for e in profiler.events()) / steps
+
+
+def _silently(fn: Callable[[], None]) -> None:
+    """fn() with file descriptor 2 on /dev/null: the profiler's C++ side prints a line to stderr
+    at each start and stop (USDT ... profiler_start), which would cut through the table."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def paired_ratio(side: list[float], raw: list[float]) -> tuple[float, float, float]:
+    """Median and interquartile range of side[i] / raw[i]: the repeats ran side by side, so each
+    pair shares the machine's state of the moment."""
+    ratios = [a / b for a, b in zip(side, raw)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q1, q3
 
 
 def clip_cost_ms(run: Run, calls: int = 50) -> float:
@@ -148,6 +202,7 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
     device = raw_run.device
     cuda = device.type == "cuda"
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     memory: dict[str, int] = {name: 0 for name in runs}
     names = list(runs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,21 +210,27 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
             for name in names[i % len(names):] + names[:i % len(names)]:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
-                seconds = _timed(name, runs[name], steps, Path(tmp) / f"{i}-{names.index(name)}")
+                seconds, cpu_seconds = _timed(name, runs[name], steps, Path(tmp) / f"{i}-{names.index(name)}")
                 if i:
                     times[name].append(1000 * seconds / steps)
+                    cpu[name].append(cpu_seconds)
                     if cuda:
                         memory[name] = max(memory[name], torch.cuda.max_memory_allocated(device))
+        ops = {name: ops_per_step(name, runs[name], min(steps, 20), Path(tmp) / f"ops-{names.index(name)}")
+               for name in names}
     flops, peak = flops_per_token(raw_run), peak or peak_flops(device, raw_run.precision.name)
     raw = statistics.median(times["raw"])
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
         tokens_per_sec = tokens_per_step / med * 1000
+        ratio, q1, q3 = paired_ratio(cpu[name], cpu["raw"])
         rows.append({
             "side": name, "ms/step median": f"{med:.2f}", "min-max": f"{min(ts):.2f}-{max(ts):.2f}",
             "tokens/s": f"{tokens_per_sec:.0f}",
             "ratio to raw": f"{med / raw:.3f}",
+            "CPU ratio (IQR)": f"{ratio:.3f} ({q1:.3f}-{q3:.3f})",
+            "aten ops/step": f"{ops[name]:.0f}" + (f" ({ops[name] - ops['raw']:+.0f})" if name != "raw" else ""),
         })
         if flops and peak:
             rows[-1]["MFU"] = f"{100 * flops * tokens_per_sec / peak:.1f}%"

@@ -55,8 +55,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """cpu, or this process's GPU (one per local rank under torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(preflight.NO_GPU)
+    asked = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank >= torch.cuda.device_count():
+        # one GPU per process: a second rank on a one-GPU node would find no cuda:1 (and NCCL
+        # refuses two ranks on one GPU)
+        raise ConfigError(f"trainer.device={asked}: local rank {local_rank} has no GPU of its own (this node has "
+                          f"{torch.cuda.device_count()}); start at most that many processes per node "
+                          "(trainer.nproc_per_node), or use trainer.device=cpu")
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
