@@ -10,17 +10,25 @@ from trainer import distributed
 from trainer.config import ConfigError
 from trainer.step import StepResult
 
-# The order of the running sums in Meter.sums.
+# The order of the interval's sums (Meter._sums), and of each step's values (Meter.per_step's rows).
 _LOSS, _FINITE_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(6)
+_STEP_LOSS, _STEP_NORM, _STEP_CLIPPED_NORM, _STEP_CLIPPED, _STEP_FINITE = range(5)
 
 
 class Meter:
-    """Sums over a log interval. ``add`` queues device work only; ``read`` is the one host sync."""
+    """Each step's values over a log interval, in one device buffer; ``add`` queues device work only
+    (one stack and one copy per step: on a GPU, two kernel launches), and ``read``, the one host
+    sync, derives the interval's sums from the buffer in a few ops over all its steps."""
 
     def __init__(self, device: torch.device, capacity: int):
-        self.sums = torch.zeros(6, device=device)
-        # Each step's loss and pre-clip norm in this interval, for the spike guard and the controller.
-        self.per_step = torch.zeros(2, capacity, device=device)
+        # One column per step of the interval: loss, pre-clip norm, post-clip norm, clipped, finite.
+        # The spike guard and the controller read the losses and norms.
+        self.per_step = torch.zeros(5, capacity, device=device)
+        # Running sums a checkpoint of an earlier release holds (it summed each step as it went, and
+        # kept only loss and norm per step): added at the next read, for the steps before
+        # `counted_from`, whose columns hold loss and norm only.
+        self.carried = torch.zeros(6, device=device)
+        self.counted_from = 0
         self.skipped_total = torch.zeros((), device=device)
         self.clipped_total = torch.zeros((), device=device)
         self.steps = 0
@@ -34,45 +42,52 @@ class Meter:
         self.started = time.perf_counter()
 
     def add(self, r: StepResult, samples: int, tokens: int) -> None:
-        # Non-finite values would turn every average into inf/NaN, so each average is over the steps
-        # where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
-        # usually finite and counts; its norm is not. Skipped steps are counted instead.
-        zero = torch.zeros((), device=r.loss.device)
-        ok = r.finite
-        loss_ok = torch.isfinite(r.loss)
-        self.sums += torch.stack([
-            torch.where(loss_ok, r.loss, zero),
-            loss_ok.float(),
-            torch.where(ok, r.norm, zero),
-            torch.where(ok, r.clipped_norm, zero),
-            (r.clipped & ok).float(),
-            ok.float(),
-        ])
-        self.per_step[:, self.steps] = torch.stack([r.loss, r.norm])
-        self.skipped_total += (~ok).float()
-        self.clipped_total += (r.clipped & ok).float()
+        self.per_step[:, self.steps] = torch.stack([r.loss, r.norm, r.clipped_norm, r.clipped, r.finite])
         self.steps += 1
         self.samples += samples
         self.tokens += tokens
 
+    def _sums(self) -> torch.Tensor:
+        """The interval's sums (in _LOSS.. order), and the running totals brought up to date.
+
+        Non-finite values would turn every average into inf/NaN, so each average is over the steps
+        where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
+        usually finite and counts; its norm is not. Skipped steps are counted instead."""
+        loss, norm, clipped_norm, clipped, finite = self.per_step[:, self.counted_from:self.steps]
+        loss_ok, ok = torch.isfinite(loss), finite.bool()
+        clipped_ok = clipped.bool() & ok
+        sums = torch.stack([torch.where(loss_ok, loss, 0.0).sum(), loss_ok.sum(), torch.where(ok, norm, 0.0).sum(),
+                            torch.where(ok, clipped_norm, 0.0).sum(), clipped_ok.sum(), ok.sum()]) + self.carried
+        self.skipped_total += (~ok).sum()
+        self.clipped_total += clipped_ok.sum()
+        return sums
+
     def state_dict(self) -> dict[str, object]:
-        return {"sums": self.sums, "per_step": self.per_step, "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
+        return {"per_step": self.per_step, "carried": self.carried, "counted_from": self.counted_from,
+                "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
                 "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        for name in ("sums", "skipped_total", "clipped_total"):
+        for name in ("skipped_total", "clipped_total"):
             getattr(self, name).copy_(state[name])
         self.steps, self.samples, self.tokens = state["steps"], state["samples"], state["tokens"]
         if self.steps >= self.per_step.shape[1]:
             raise ConfigError(f"trainer.log_every={self.per_step.shape[1]}: the checkpoint is {self.steps} steps "
                               "into a log interval; resume with the trainer.log_every it was written with")
-        self.per_step[:, :self.steps] = state["per_step"][:, :self.steps]
+        saved = state["per_step"]
+        self.per_step[:saved.shape[0], :self.steps] = saved[:, :self.steps]
+        if "carried" in state:
+            self.carried.copy_(state["carried"])
+            self.counted_from = state["counted_from"]
+        else:  # an older checkpoint: running sums of the steps so far, and their losses and norms
+            self.carried.copy_(state["sums"])
+            self.counted_from = self.steps
 
     def read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Averages since the last read, and each step's loss and norm; then reset. One wait for the device."""
-        counts = torch.tensor([float(self.samples), float(self.tokens)], device=self.sums.device)
-        values = torch.cat([self.sums, self.skipped_total[None], self.clipped_total[None],
-                            self.per_step[:, :self.steps].flatten(), counts])
+        counts = torch.tensor([float(self.samples), float(self.tokens)], device=self.per_step.device)
+        values = torch.cat([self._sums(), self.skipped_total[None], self.clipped_total[None],
+                            self.per_step[:_STEP_NORM + 1, :self.steps].flatten(), counts])
         # Across ranks: the mean. Losses differ from rank to rank; norms, flags and counts are the
         # same on every rank (gradients are all-reduced before they are measured), so stay as they
         # are; samples and tokens are each rank's, so their mean times the ranks is the job's.
@@ -98,7 +113,7 @@ class Meter:
             "perf/tokens_per_sec": tokens / elapsed,
             "clipped_total": clipped,
         }
-        self.sums.zero_()
-        self.steps = self.samples = self.tokens = 0
+        self.carried.zero_()
+        self.steps = self.samples = self.tokens = self.counted_from = 0
         self.started = time.perf_counter()
         return out, per_step
