@@ -29,7 +29,7 @@ test-fast: install
 
 # trainer's loop against a hand-written loop, and clipping's cost: the default GPT with bf16 autocast
 # and norm clipping, at a batch (4 x 64 tokens) that takes under two minutes on 2 CPU cores; then
-# the tiny preset, where the loop's own per-step cost shows (about a minute).
+# the tiny preset, where the loop's own per-step cost shows (under a minute).
 BENCH := --steps 10 --repeats 9 amp=bf16 data.batch_size=4 data.seq_len=64
 bench: install
 ifdef ARGS
