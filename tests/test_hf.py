@@ -86,9 +86,15 @@ def test_each_family_trains_and_exports_a_folder_transformers_loads_with_the_sam
     losses = [v for _, v in read_scalars(tmp_path / "run")["train/loss"]]
     assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5, losses
 
+    out = tmp_path / "run" / "export"
+    out.mkdir()
+    (out / "mine.txt").write_text("a file of the user's, already there")
+    (out / "mine.txt").chmod(0o600)
     done = run_cli("export", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
-    out = tmp_path / "run" / "export"
+    assert (out / "mine.txt").stat().st_mode & 0o777 == 0o600  # only what export wrote takes the checkpoint's mode
+    checkpoint_mode = sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1].stat().st_mode & 0o777
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == checkpoint_mode  # safetensors alone writes 0600
     auto = getattr(transformers, {"gpt2": "AutoModelForCausalLM", "roberta": "AutoModelForMaskedLM",
                                   "distilbert": "AutoModelForSequenceClassification"}[kind])
     theirs, info = auto.from_pretrained(out, output_loading_info=True)

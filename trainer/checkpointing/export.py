@@ -70,11 +70,13 @@ def export(run_dir: Path, out: Path | None = None) -> tuple[Path, list[str]]:
     if model_cfg.get("_target_") == HF_MODEL:
         from trainer.models import hf
 
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
         hf.save_pretrained(model_cfg, weights, state.get("labels"), out, {**origin, "model": model_cfg})
         if model_cfg["task"] == "classification" and not state.get("labels"):
             notes.append(LABELS_NOTE)
-        written = [*_copy_tokenizer(state["config"], out, notes), *(p.name for p in out.iterdir())]
-        _readable(out, written, path)
+        # what save_pretrained wrote (its files vary: shards, generation_config.json), not what --out held
+        written = [p.name for p in out.iterdir() if before.get(p.name) != p.stat().st_mtime_ns]
+        _readable(out, [*written, *_copy_tokenizer(state["config"], out, notes)], path)
         return out, notes
     if model_cfg.get("_target_") == BERT:
         from trainer.models import pretrained
