@@ -30,9 +30,9 @@ def check(cfg: DictConfig, command_line: Iterable[str] = ()) -> list[str]:
     command_line: the overrides the user typed, to tell a value they chose from a default."""
     notes: list[str] = []
     check_keys(cfg)
+    typed = _typed(command_line)
     pretrained = cfg.model.get("pretrained")
     if pretrained:  # its config.json fixes the architecture, recorded in config.yaml and checkpoints
-        typed = _typed(command_line)
         keys = pretrained_config.architecture(pretrained, cfg.task)
         # dropout is a training choice: the command line's wins, as from_pretrained(hidden_dropout_prob=...)
         cfg.model.update({k: v for k, v in keys.items() if f"model.{k}" not in typed or k not in _DROPOUTS})
@@ -45,7 +45,7 @@ def check(cfg: DictConfig, command_line: Iterable[str] = ()) -> list[str]:
             cfg.task = task  # model.task follows; config.yaml records what was trained
             notes.append(f"task={task}: the head {source} names (set task for another)")
         if limit:
-            notes += _fit_seq_len(cfg, source, _typed(command_line), limit, "model.path")
+            notes += _fit_seq_len(cfg, source, typed, limit, "model.path")
     if cfg.task == "classification" and "label_field" in cfg.data and not cfg.data.label_field:
         cfg.data.label_field = DEFAULT_LABEL_FIELD
         notes.append(f"data.label_field={DEFAULT_LABEL_FIELD} (task=classification; the Hugging Face datasets "

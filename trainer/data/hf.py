@@ -105,6 +105,7 @@ class HFData:
                     raise ConfigError(f"{key}: no '{field}' column (it has {', '.join(ds.column_names)})")
         self.seq_len, self.fields = seq_len, (text_field, text_pair_field, label_field)
         self._tokenizer_source = tokenizer
+        self._tokenizer_digest = _digest(tokenizer)
         vocab = folder_tokenizer.vocabulary(tokenizer, seq_len)
         self.tokenizer, self.vocab_size, self.eos_id = vocab.tokenizer, vocab.size, vocab.eos_id
         self.mask_token_id, self.pad_token_id = vocab.mask_id, vocab.pad_id
@@ -130,19 +131,14 @@ class HFData:
 
     def _fingerprint(self, ds, what: str) -> str:
         """A name for the tokenized copy: the rows, the tokenizer's files, the settings."""
-        h = hashlib.sha256(f"{CACHE_FORMAT}|{ds._fingerprint}|{what}|{self.seq_len}|{self.fields}".encode())
-        if self._tokenizer_source:
-            for name in ("tokenizer.json", "vocab.txt", *folder_tokenizer.ROLE_FILES):
-                f = Path(self._tokenizer_source) / name
-                if f.is_file():
-                    h.update(f.read_bytes())
-        return h.hexdigest()[:16]
+        key = f"{CACHE_FORMAT}|{ds._fingerprint}|{what}|{self.seq_len}|{self.fields}|{self._tokenizer_digest}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def _encode(self, texts: list[str], pairs: list[str] | None = None, special: bool = True) -> list[list[int]]:
+    def _document_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each document's ids, without special tokens (bytes, or the tokenizer's)."""
         if self.tokenizer is None:
             return [tokens.encode(t).tolist() for t in texts]
-        return [e.ids for e in self.tokenizer.encode_batch(list(zip(texts, pairs)) if pairs else texts,
-                                                           add_special_tokens=special)]
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def _records(self, ds, index: dict[str, int] | None):
         """One tokenized record per row, as data=jsonl makes them, and its label's id."""
@@ -162,12 +158,12 @@ class HFData:
         """The text field of every row as one token stream, cut into seq_len windows."""
         text_field, size, eos = self.fields[0], self.seq_len, self.eos_id
         if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.token_to_id("[SEP]")  # BERT's: the separator its own pretraining put between texts
+            eos = tokens.document_end_id(self.tokenizer)  # BERT's [SEP]: what its pretraining put between texts
         if eos is None:
             raise ConfigError(f"data.tokenizer={self._tokenizer_source}: no end-of-sequence token to end each document with")
 
         def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            return {"ids": [ids + [eos] for ids in self._encode([str(t) for t in batch[text_field]], special=False)]}
+            return {"ids": [ids + [eos] for ids in self._document_ids([str(t) for t in batch[text_field]])]}
 
         def group(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             stream = [i for ids in batch["ids"] for i in ids]  # a batch's remainder is dropped, as run_clm does
@@ -185,6 +181,16 @@ class HFData:
         folder = Path(datasets.config.HF_DATASETS_CACHE) / "trainer"
         folder.mkdir(parents=True, exist_ok=True)
         return str(folder / f"{what}-{self._fingerprint(ds, what)}.arrow")
+
+
+def _digest(folder: str | None) -> str:
+    """The tokenizer's files, hashed (bytes: no files)."""
+    h = hashlib.sha256()
+    for name in ("tokenizer.json", "vocab.txt", *folder_tokenizer.ROLE_FILES) if folder else ():
+        f = Path(folder) / name
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _labels(ds, field: str) -> tuple[list[str], dict[str, int] | None]:

@@ -71,7 +71,7 @@ def load_tokenizer(path: str | Path | None) -> Tokenizer:
         raise ConfigError(f"--tokenizer {file}: cannot read it ({' '.join(str(e).split())[:200]})") from None
     tok.no_padding()
     tok.no_truncation()
-    eos = next((tok.token_to_id(t) for t in EOS_TOKENS if tok.token_to_id(t) is not None), None)
+    eos = tokens.document_end_id(tok)
     if eos is None:
         raise ConfigError(f"--tokenizer {file}: its vocabulary has no end-of-document token ({', '.join(EOS_TOKENS)})")
 

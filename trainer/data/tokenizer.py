@@ -67,7 +67,7 @@ def special_ids(folder: str | Path, tok: Tokenizer | BertWordPieceTokenizer) -> 
                 named[role] = value
     ids = {role: tok.token_to_id(named[role]) if role in named else None for role in ("pad", "mask", "eos")}
     if ids["eos"] is None:  # a tokenizer.json alone (GPT-2's): its end-of-text token by name (not BERT's [SEP])
-        ids["eos"] = next((i for t in EOS_TOKENS[:-1] if (i := tok.token_to_id(t)) is not None), None)
+        ids["eos"] = tokens.document_end_id(tok, EOS_TOKENS[:-1])
     return ids
 
 

@@ -13,6 +13,11 @@ BYTE_VOCAB_SIZE = FIRST_REGULAR_ID + 256
 EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "[SEP]")
 
 
+def document_end_id(tok, names: tuple[str, ...] = EOS_TOKENS) -> int | None:
+    """The id of the first of names in a tokenizers-library tokenizer's vocabulary (None: none is)."""
+    return next((i for name in names if (i := tok.token_to_id(name)) is not None), None)
+
+
 def encode(text: str) -> torch.Tensor:
     """Token ids (int64) of text's UTF-8 bytes."""
     raw = text.encode("utf-8")

@@ -100,10 +100,10 @@ class HFModel(nn.Module):
                     if "no file named" in str(e) else "")) from None
         self.task, self.mask_prob, self.vocab_size = task, mask_prob, vocab_size or config.vocab_size
         self.mask_token_id = check_mask_id(mask_token_id) if task == "mlm" else mask_token_id
-        # token_type_ids reach the model only where it has more than one type (BERT), not RoBERTa's
-        # one type or DistilBERT's none.
         with quiet(transformers):
             getattr(self.model, "loss_function", None)  # says once, here, that GPT-2's head uses the causal-LM loss
+        # token_type_ids reach the model only where it has more than one type (BERT), not RoBERTa's
+        # one type or DistilBERT's none.
         self.token_types = ("token_type_ids" in inspect.signature(self.model.forward).parameters
                             and getattr(config, "type_vocab_size", 0) > 1)
         self.train()  # from_pretrained returns the model in eval mode (dropout off)
@@ -131,7 +131,6 @@ def _loading_note(path: str, info: dict) -> str:
     unused = sorted(info.get("unexpected_keys") or [])
     return (f"model.path: weights from {path}" + (f"; new (not in it): {some(new)}" if new else "")
             + (f"; not used by this head: {some(unused)}" if unused else ""))
-
 
 
 def save_pretrained(model_cfg: dict[str, Any], weights: dict[str, torch.Tensor], labels: list[str] | None,

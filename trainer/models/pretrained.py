@@ -24,6 +24,7 @@ from torch import nn
 from trainer.config import ConfigError
 from trainer.pretrained_config import folder_file
 
+
 def some(names: list[str], shown: int = 4) -> str:
     """A note's list of weight names: the first few, and how many more."""
     return ", ".join(names) if len(names) <= shown else f"{', '.join(names[:shown - 1])} and {len(names) - shown + 1} more"

@@ -10,9 +10,8 @@ from trainer import distributed
 from trainer.config import ConfigError
 from trainer.step import StepResult
 
-# The order of the interval's sums (Meter._sums), and of each step's values (Meter.per_step's rows).
+# The order of the interval's sums (Meter._sums).
 _LOSS, _FINITE_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(6)
-_STEP_LOSS, _STEP_NORM, _STEP_CLIPPED_NORM, _STEP_CLIPPED, _STEP_FINITE = range(5)
 
 
 class Meter:
@@ -87,7 +86,7 @@ class Meter:
         """Averages since the last read, and each step's loss and norm; then reset. One wait for the device."""
         counts = torch.tensor([float(self.samples), float(self.tokens)], device=self.per_step.device)
         values = torch.cat([self._sums(), self.skipped_total[None], self.clipped_total[None],
-                            self.per_step[:_STEP_NORM + 1, :self.steps].flatten(), counts])
+                            self.per_step[:2, :self.steps].flatten(), counts])  # the loss and norm rows
         # Across ranks: the mean. Losses differ from rank to rank; norms, flags and counts are the
         # same on every rank (gradients are all-reduced before they are measured), so stay as they
         # are; samples and tokens are each rank's, so their mean times the ranks is the job's.

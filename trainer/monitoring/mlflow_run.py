@@ -57,12 +57,11 @@ class MLflowRun:
     """One MLflow run: started (or continued, on resume) when the run starts, ended with its status."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, resumed: bool):
-        from mlflow.entities import Param, RunStatus
+        from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(cfg.log.mlflow_uri)
-        self._status = RunStatus
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store set-up lines would cut through the display
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
