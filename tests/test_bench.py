@@ -1,6 +1,8 @@
 """The benchmark compares like with like. It measures nothing here: speed is measured by
 `trainer bench` itself, never by a timed test."""
 
+import re
+
 import pytest
 import torch
 
@@ -41,7 +43,8 @@ def test_measure_reports_every_side_and_clipping_cost():
     assert rows[0]["ratio to raw"] == "1.000"
     assert all(float(r["ms/step median"]) > 0 for r in rows)
     assert rows[0]["CPU ratio (IQR)"] == "1.000 (1.000-1.000)" and rows[0]["aten ops/step"].isdigit()
-    assert all(r["aten ops/step"].split()[1].startswith("(+") for r in rows[1:])
+    for column in ("aten ops/step", "top-level ops/step"):
+        assert rows[0][column].isdigit() and all(re.fullmatch(r"\d+ \([+-]\d+\)", r[column]) for r in rows[1:])
     assert notes[0].startswith("clipping, end to end") and notes[1].startswith("clipping, isolated")
 
 
@@ -57,10 +60,42 @@ def test_ops_are_counted_per_step_and_cpu_ratios_are_paired(tmp_path):
                                       20, tmp_path / name)
              for name, extra in (("raw", []), ("trainer", []), ("trainer clip=none", ["clip=none"]))}
     again = bench.ops_per_step("raw", build(cfg), 20, tmp_path / "again")
-    assert count["raw"] == again > 100  # a 1-layer GPT's forward, backward and fused AdamW: hundreds
-    assert count["trainer clip=none"] < count["trainer"] and count["raw"] < count["trainer"]
+    assert count["raw"] == again and again[0] > again[1] > 100  # forward, backward, fused AdamW: hundreds
+    for kind in (0, 1):  # every event, top-level alone
+        assert count["trainer clip=none"][kind] < count["trainer"][kind] and count["raw"][kind] < count["trainer"][kind]
     # ratios within each repeat (2, 3, 2, 3), not of medians (3.5 / 1.5)
     assert bench.paired_ratio([2.0, 3.0, 4.0, 9.0], [1.0, 1.0, 2.0, 3.0]) == (2.5, 2.0, 3.0)
+
+
+@pytest.mark.integration
+def test_the_loop_adds_only_the_skip_flag_and_the_log_read_to_the_raw_loop(tmp_path):
+    """Issue #18's floor, counted, not timed: the tiny preset (clip=norm, fp32, fused AdamW, a log
+    every 10 steps) over 20 steps. What trainer dispatches beyond the hand-written loop, op by op:
+    the loss's detach and the non-finite flag (sub, ne_) each step; fused AdamW's own bookkeeping
+    for that flag (per param group a no-op `to` and a `_foreach_sub_` from every step count, which
+    on a CPU loops one `sub_` per tensor); one stack per log interval (with a view per value).
+    Any other op, or more of these, fails: the meter's old per-step stack, isfinite, clamp or mul."""
+    from trainer.commands.bench import PRESETS
+
+    steps = 20
+    overrides = [*PRESETS["tiny"]["overrides"], f"trainer.max_steps={steps}", f"trainer.eval_every={steps}"]
+    (raw_all, raw_top), (ours_all, ours_top) = (bench.op_counts(name, build(make_config(*overrides)), steps,
+                                                                tmp_path / name) for name in ("raw", "trainer"))
+    run = build(make_config(*overrides))
+    groups, tensors = len(run.optimizer.param_groups), len(run.params)
+    logs, values = steps // 10, 3 * 10  # loss, norm and flag of each step in the interval
+    top = {"aten::detach": steps, "aten::sub": steps, "aten::ne_": steps, "aten::to": groups * steps,
+           "aten::_foreach_sub_": groups * steps, "aten::stack": logs,
+           "aten::resolve_conj": logs, "aten::resolve_neg": logs}  # .tolist() (the raw loop's .item() is neither)
+    nested = {"aten::sub_": tensors * steps, "aten::cat": logs, "aten::unsqueeze": logs * values,
+              "aten::as_strided": logs * values}
+    added_top = {op: n for op, n in (ours_top - raw_top).items()}
+    added = {op: n for op, n in (ours_all - raw_all).items()}
+    assert added_top.keys() <= top.keys() and all(n <= top[op] for op, n in added_top.items()), added_top
+    allowed = {**top, **nested}
+    assert added.keys() <= allowed.keys() and all(n <= allowed[op] for op, n in added.items()), added
+    # the issue's figure: at most 20 more top-level ops per step (here 7.2: 3 of ours, 4 of fused AdamW's)
+    assert sum(added_top.values()) / steps <= 7.5
 
 
 @pytest.mark.unit

@@ -1,19 +1,20 @@
-"""The meter: each step's values in one device buffer, the interval's averages taken at the log step."""
+"""The meter: each step's values kept as the step returned them, the interval's averages taken at the log step."""
 
 import math
 
 import pytest
 import torch
 
+from trainer.clipping import NormClip
 from trainer.monitoring.metrics import Meter
-from trainer.step import StepResult
+from trainer.step import StepResult, not_finite
 
 CPU = torch.device("cpu")
 
 
 def result(loss, norm, clipped_norm, clipped, finite):
     return StepResult(torch.tensor(loss), torch.tensor(norm), torch.tensor(clipped_norm), torch.tensor(clipped),
-                      torch.tensor(finite))
+                      torch.tensor(0.0 if finite else 1.0))
 
 
 STEPS = [result(2.0, 3.0, 1.0, True, True), result(4.0, math.inf, math.nan, False, False),
@@ -39,8 +40,9 @@ def test_averages_are_over_the_steps_where_each_value_is_finite():
 
 @pytest.mark.unit
 def test_a_checkpoint_mid_interval_resumes_to_the_same_averages_in_both_formats():
-    """Saved after two of four steps and loaded into a new meter: this release's state, and the
-    state earlier releases wrote (running sums; per step only loss and norm), as written by hand."""
+    """Saved after two of four steps and loaded into a new meter: this code's state, and by hand the
+    states earlier code wrote: from 6cfab1e a device buffer of every value per step (finite as 1/0),
+    before it running sums with only loss and norm per step."""
     whole = Meter(CPU, 4)
     for r in STEPS:
         whole.add(r, 8, 128)
@@ -48,10 +50,14 @@ def test_a_checkpoint_mid_interval_resumes_to_the_same_averages_in_both_formats(
     first = Meter(CPU, 4)
     for r in STEPS[:2]:
         first.add(r, 8, 128)
-    older = {"sums": torch.tensor([6.0, 2.0, 3.0, 1.0, 1.0, 1.0]), "per_step": torch.tensor([[2.0, 4.0, 0, 0],
+    sums_before = {"sums": torch.tensor([6.0, 2.0, 3.0, 1.0, 1.0, 1.0]), "per_step": torch.tensor([[2.0, 4.0, 0, 0],
              [3.0, math.inf, 0, 0]]), "skipped_total": torch.tensor(1.0), "clipped_total": torch.tensor(1.0),
              "steps": 2, "samples": 16, "tokens": 256}
-    for state in (first.state_dict(), older):
+    buffer_6cfab1e = {"per_step": torch.tensor([[2.0, 4.0, 0, 0], [3.0, math.inf, 0, 0], [1.0, math.nan, 0, 0],
+                                             [1.0, 0.0, 0, 0], [1.0, 0.0, 0, 0]]),
+                   "carried": torch.zeros(6), "counted_from": 0, "skipped_total": torch.tensor(0.0),
+                   "clipped_total": torch.tensor(0.0), "steps": 2, "samples": 16, "tokens": 256}
+    for state in (first.state_dict(), buffer_6cfab1e, sums_before):
         resumed = Meter(CPU, 4)
         resumed.load_state_dict(state)
         for r in STEPS[2:]:
@@ -61,3 +67,25 @@ def test_a_checkpoint_mid_interval_resumes_to_the_same_averages_in_both_formats(
                     "train/skipped_steps", "clipped_total"):
             assert m[tag] == pytest.approx(expected[0][tag]), tag
         assert per_step["norm"] == expected[1]["norm"]
+
+
+@pytest.mark.unit
+def test_norm_clip_post_clip_values_are_derived_at_the_read_as_measured_on_the_gradients():
+    """NormClip returns only the pre-clip norm; the meter derives the post-clip norm and the clipped
+    flag at the log step. Reference: the clipped gradients' norm, summed by hand in float64."""
+    clip = NormClip(1.0)
+    meter = Meter(CPU, 4, clip.clipped_stats)
+    measured = []
+    for scale in (3.0, 0.5, 1.0 + 1e-3, math.inf):
+        p = torch.zeros(3, requires_grad=True)
+        p.grad = torch.tensor([1.0, 2.0, 2.0]) / 3 * scale  # norm: scale
+        r = clip([p])
+        assert r.clipped_norm is None and r.clipped is None
+        meter.add(StepResult(torch.tensor(1.0), r.norm, None, None, not_finite(r.norm)), 4, 64)
+        measured.append(math.sqrt(sum(float(g) ** 2 for g in p.grad.tolist())))
+    state = meter.state_dict()  # mid-interval too: the derived values are what a checkpoint holds
+    m, _ = meter.read()
+    assert m["train/grad_norm_clipped"] == pytest.approx(sum(measured[:3]) / 3, rel=1e-6)
+    assert m["train/clip_fraction"] == 0.5 and m["train/skipped_steps"] == 1  # 3.0 and 1.001 clipped; inf skipped, not counted
+    assert state["per_step"][2, :3].tolist() == pytest.approx(measured[:3], rel=1e-6)
+    assert state["per_step"][3].tolist() == [1.0, 0.0, 1.0, 1.0] and state["per_step"][4].tolist() == [1, 1, 1, 0]

@@ -1,6 +1,7 @@
 """The train step against references computed by hand, outside trainer.step."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from trainer import precision as P
 from trainer.clipping import NormClip
 from trainer.monitoring.metrics import Meter
 from trainer.models import GPT
-from trainer.step import train_step
+from trainer.step import not_finite, train_step
 
 pytestmark = pytest.mark.unit
 
@@ -90,6 +91,16 @@ class Poisonable(nn.Module):
         return loss * torch.where(poison.any(), torch.tensor(float("inf")), torch.tensor(1.0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_not_finite_is_one_for_inf_and_nan_only(dtype):
+    """Against math.isfinite, for the values a norm can take, in float32 as fused optimizers need."""
+    values = [0.0, 1e-30, 3.5, 6e4, float("inf"), float("nan")]
+    flags = [not_finite(torch.tensor(v, dtype=dtype)) for v in values]
+    assert all(f.dtype == torch.float32 and f.dim() == 0 for f in flags)
+    assert [f.item() for f in flags] == [0.0 if math.isfinite(float(torch.tensor(v, dtype=dtype))) else 1.0
+                                         for v in values]
+
+
 def snapshot(model, opt):
     return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
 
@@ -102,7 +113,7 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
     prec = {"fp32": P.fp32, "bf16": P.bf16}.get(amp) or (
         lambda d: P.fp16(d, init_scale=1024.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000))
     prec = prec(CPU)
-    clip, params, meter = NormClip(1.0), list(model.parameters()), Meter(CPU, capacity=4)
+    clip, params, meter = NormClip(1.0), list(model.parameters()), Meter(CPU, capacity=4, clip_stats=NormClip(1.0).clipped_stats)
     x = torch.randn(4, 8)
     good = {"x": x, "poison": torch.zeros(4)}
     bad = {"x": x, "poison": torch.ones(4)}
@@ -114,7 +125,7 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
     r = train_step(model, opt, [bad], 1, prec, clip, params)
     meter.add(r, 4, 4)
 
-    assert not r.finite.item()
+    assert r.skipped.item() == 1.0
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k])
     after = opt.state_dict()["state"][0]
@@ -124,7 +135,7 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
     if amp == "fp16":
         assert prec.loss_scale() == scale * 0.5  # the scaler backed off
     # And a good step afterwards does update.
-    assert train_step(model, opt, [good], 1, prec, clip, params).finite.item()
+    assert train_step(model, opt, [good], 1, prec, clip, params).skipped.item() == 0.0
     assert not torch.equal(model.w.detach(), weights["w"])
 
 

@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -74,18 +75,29 @@ def raw_loop(run: Run, steps: int) -> None:
 
 class _Clock(Display):
     """A silent display that notes when the first step starts and when the last log is written
-    (wall and process CPU time), and can run a profiler between the two."""
+    (wall and process CPU time), and when each step ends; it can run a profiler between the first
+    step and the last log."""
 
     def __init__(self, steps: int, profiler: torch.profiler.profile | None = None):
         super().__init__(steps, quiet=True)
         self.start = self.end = self.cpu_start = self.cpu_end = 0.0
         self.profiler = profiler
+        self.marks: list[float] = []  # [0]: the start; [k]: the end of step k (before its log work)
 
     def step(self, step: int) -> None:
         if not self.start:
             if self.profiler:
                 _silently(self.profiler.start)
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.marks.append(time.perf_counter())
+
+    def step_times(self, log_every: int) -> tuple[list[float], list[float]]:
+        """Wall ms of the steps that carry a log step's work (the step after it: the host read, the
+        TensorBoard writes happen between the two), and of the others."""
+        after_log, others = [], []
+        for k in range(2, len(self.marks)):  # marks[k] - marks[k - 1]: step k and the log work of step k - 1
+            (after_log if (k - 1) % log_every == 0 else others).append(1000 * (self.marks[k] - self.marks[k - 1]))
+        return after_log, others
 
     def log(self, step: int, m: dict[str, float], scale: float, lr: float) -> None:
         # The log follows the interval's host read, so the device has finished every step by now.
@@ -100,23 +112,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(name: str, run: Run, steps: int, out: Path) -> tuple[float, float]:
-    """Wall and process CPU seconds for `steps` steps of one side."""
+def _timed(name: str, run: Run, steps: int, out: Path) -> tuple[float, float, _Clock | None]:
+    """Wall and process CPU seconds for `steps` steps of one side, and a trainer side's clock."""
     _sync(run.device)
     if name == "raw":
         start, cpu = time.perf_counter(), time.process_time()
         raw_loop(run, steps)
         _sync(run.device)
-        return time.perf_counter() - start, time.process_time() - cpu
+        return time.perf_counter() - start, time.process_time() - cpu, None
     clock = _Clock(steps)
     train(run, out, clock)
-    return clock.end - clock.start, clock.cpu_end - clock.cpu_start
+    return clock.end - clock.start, clock.cpu_end - clock.cpu_start, clock
 
 
-def ops_per_step(name: str, run: Run, steps: int, out: Path) -> float:
-    """aten ops per step of one side, counted by torch's profiler over `steps` steps (the trainer
-    side between its first step and its last log, as it is timed). Every aten:: event counts,
-    nested ones too, alike on both sides: on a GPU each is a kernel launch or its bookkeeping."""
+def ops_per_step(name: str, run: Run, steps: int, out: Path) -> tuple[float, float]:
+    """aten ops per step of one side: every aten:: event, nested ones included, and the top-level
+    ones alone (see op_counts)."""
+    every, top = op_counts(name, run, steps, out)
+    return sum(every.values()) / steps, sum(top.values()) / steps
+
+
+def op_counts(name: str, run: Run, steps: int, out: Path) -> tuple[Counter[str], Counter[str]]:
+    """aten ops of one side by name, counted by torch's profiler over `steps` steps (the trainer
+    side between its first step and its last log, as it is timed): every aten:: event, nested
+    ones included, and the top-level ones alone (called from Python or the autograd engine, not
+    from inside another aten op: on a GPU each is a kernel launch or a few, while the nested ones
+    are their views, allocations and casts, or a CPU kernel's own loop over tensors)."""
     from torch.profiler import ProfilerActivity, profile
 
     profiler = profile(activities=[ProfilerActivity.CPU])
@@ -126,7 +147,17 @@ def ops_per_step(name: str, run: Run, steps: int, out: Path) -> float:
         _silently(profiler.stop)
     else:
         train(run, out, _Clock(steps, profiler))
-    return sum(e.name.startswith("aten::") for e in profiler.events()) / steps
+    events = [e for e in profiler.events() if e.name.startswith("aten::")]
+    return Counter(e.name for e in events), Counter(e.name for e in events if not _inside_aten(e))
+
+
+def _inside_aten(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def _silently(fn: Callable[[], None]) -> None:
@@ -171,6 +202,12 @@ def clip_cost_ms(run: Run, calls: int = 50) -> float:
     return statistics.median(times[5:])
 
 
+def _count(ops: dict[str, tuple[float, float]], name: str, kind: int) -> str:
+    """One side's ops per step, and its difference to raw's."""
+    n = ops[name][kind]
+    return f"{n:.0f}" if name == "raw" else f"{n:.0f} ({n - ops['raw'][kind]:+.0f})"
+
+
 def flops_per_token(run: Run) -> float | None:
     """Training FLOPs per token, 6N + 12·L·d·T (PaLM appendix B, as nanoGPT's estimate_mfu);
     None for a model whose config does not give num_layers and hidden_size."""
@@ -204,16 +241,20 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     memory: dict[str, int] = {name: 0 for name in runs}
+    after_log, others = [], []  # the trainer side's step times (ms)
     names = list(runs)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats + 1):
             for name in names[i % len(names):] + names[:i % len(names)]:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
-                seconds, cpu_seconds = _timed(name, runs[name], steps, Path(tmp) / f"{i}-{names.index(name)}")
+                seconds, cpu_seconds, clock = _timed(name, runs[name], steps, Path(tmp) / f"{i}-{names.index(name)}")
                 if i:
                     times[name].append(1000 * seconds / steps)
                     cpu[name].append(cpu_seconds)
+                    if name == "trainer":
+                        a, o = clock.step_times(cfg.trainer.log_every)
+                        after_log, others = after_log + a, others + o
                     if cuda:
                         memory[name] = max(memory[name], torch.cuda.max_memory_allocated(device))
         ops = {name: ops_per_step(name, runs[name], min(steps, 20), Path(tmp) / f"ops-{names.index(name)}")
@@ -230,7 +271,8 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
             "tokens/s": f"{tokens_per_sec:.0f}",
             "ratio to raw": f"{med / raw:.3f}",
             "CPU ratio (IQR)": f"{ratio:.3f} ({q1:.3f}-{q3:.3f})",
-            "aten ops/step": f"{ops[name]:.0f}" + (f" ({ops[name] - ops['raw']:+.0f})" if name != "raw" else ""),
+            "aten ops/step": _count(ops, name, 0),
+            "top-level ops/step": _count(ops, name, 1),
         })
         if flops and peak:
             rows[-1]["MFU"] = f"{100 * flops * tokens_per_sec / peak:.1f}%"
@@ -245,4 +287,9 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
         f"clipping, isolated: clip_grad_norm_(foreach) on this model's gradients = {isolated:.3f} ms "
         f"({100 * isolated / step_ms:.2f}% of the step; median of 50 calls)",
     ]
+    if after_log and others:
+        a, o = statistics.median(after_log), statistics.median(others)
+        notes.append(f"log steps: the step after one (it carries the host read and the TensorBoard writes) takes "
+                     f"{a:.2f} ms against {o:.2f} ms for the others (medians of {len(after_log)} and {len(others)}): "
+                     f"{a / o:.2f}x a step")
     return rows, notes

@@ -5,6 +5,11 @@ returns tensors (never Python numbers, so the step needs no host sync): the tota
 before clipping, the total norm after, and whether it clipped. The total norm is always
 measured, even by ``NoClip``, because it is logged and because a non-finite norm is how
 the step detects non-finite gradients.
+
+A policy whose post-clip norm follows from the pre-clip norm and settings that hold for a whole
+log interval (``NormClip``, ``NoClip``) returns None for both and gives them for all the
+interval's steps at once at the log step (``clipped_stats``): the step then runs no op beyond
+torch's own clip_grad_norm_.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from trainer.controller import Controller
 
 class ClipResult(NamedTuple):
     norm: torch.Tensor  # total gradient norm before clipping (norm_type of the policy, else L2)
-    clipped_norm: torch.Tensor  # the same norm after clipping
-    clipped: torch.Tensor  # bool: did clipping change the gradients
+    clipped_norm: torch.Tensor | None = None  # the same norm after clipping; None: see clipped_stats
+    clipped: torch.Tensor | None = None  # bool: did clipping change the gradients; None: see clipped_stats
 
 
 def total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
@@ -65,8 +70,17 @@ class NormClip:
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
         norm = total_norm(_grads(params), self.norm_type)
-        coef = scale_to_norm(params, norm, self.max_norm)
-        return ClipResult(norm, norm * coef, norm > self.max_norm)
+        clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
+        return ClipResult(norm)
+
+    def clipped_stats(self, norms: list[float]) -> tuple[list[float], list[bool]]:
+        """Post-clip norms and clipped flags of an interval's steps, from their pre-clip norms (on the
+        host, at the log step), with the coefficient torch's clip_grads_with_norm_ applied.
+
+        max_norm is the interval's: the controller moves it only after the log step has read them.
+        """
+        coefs = [min(self.max_norm / (n + 1e-6), 1.0) for n in norms]
+        return [n * c for n, c in zip(norms, coefs)], [n > self.max_norm for n in norms]
 
     def state_dict(self) -> dict[str, object]:
         return {"max_norm": self.max_norm, "controller": self.controller.state_dict() if self.controller else {}}
@@ -95,5 +109,7 @@ class NoClip:
     """Leave gradients as they are; still measure their L2 norm."""
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = total_norm(_grads(params), 2.0)
-        return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool, device=norm.device))
+        return ClipResult(total_norm(_grads(params), 2.0))
+
+    def clipped_stats(self, norms: list[float]) -> tuple[list[float], list[bool]]:
+        return norms, [False] * len(norms)

@@ -39,7 +39,10 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     on_start runs once the run is accepted (resumed, or starting fresh), before anything is written.
     """
     t = run.cfg.trainer
-    meter, history, guard = Meter(run.device, t.log_every), EvalHistory(), SpikeGuard.from_config(run.cfg.guard)
+    # Plain ints for the hot loop: each access to the config object costs about 10 us.
+    max_steps, grad_accum, eval_every = t.max_steps, t.grad_accum, t.eval_every
+    meter = Meter(run.device, t.log_every, getattr(run.clip, "clipped_stats", None))
+    history, guard = EvalHistory(), SpikeGuard.from_config(run.cfg.guard)
     probe = LayerProbe(unwrap(run.model)) if run.cfg.log.per_layer else None
     parts = state.components(run, meter=meter, eval_losses=history, guard=guard)
     checkpointer = Checkpointer(run, run_dir, parts, display)
@@ -56,12 +59,12 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     error: BaseException | None = None
     try:
         with StopRequest() as stop:
-            while step < t.max_steps:
+            while step < max_steps:
                 step += 1
                 log_step = logger.should_log(step)
-                micro, samples, tokens = next_micro_batches(run, t.grad_accum, guard, step)
+                micro, samples, tokens = next_micro_batches(run, grad_accum, guard, step)
                 result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro),
-                                    t.grad_accum, run.precision, run.clip, run.params, probe if log_step else None)
+                                    grad_accum, run.precision, run.clip, run.params, probe if log_step else None)
                 lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used
                 run.schedule.after_step()
                 meter.add(result, samples, tokens)
@@ -76,7 +79,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                         step = guard.roll_back(bad, checkpointer, run.train_batches, logger, display)
                         continue  # redo the steps after the checkpoint, without the bad batches
                     log_interval(run, step, lr, metrics, per_step["norm"], logger, display, guard, probe, totals)
-                if step % t.eval_every == 0 or step == t.max_steps:
+                if step % eval_every == 0 or step == max_steps:
                     log_eval(run, step, history, logger, display)
                 if stop.requested(log_step):
                     logger.flush()
@@ -105,7 +108,7 @@ def next_micro_batches(run: Run, n: int, guard: SpikeGuard | None, step: int
         if guard:
             guard.record(step, run.train_batches.last)
         ids = batch.get("input_ids")
-        size = len(next(iter(batch.values())))
+        size = next(iter(batch.values())).shape[0]  # (len() of a tensor goes through torch's Python layer)
         samples, tokens = samples + size, tokens + (ids.numel() if ids is not None else size)
     return micro, samples, tokens
 

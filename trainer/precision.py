@@ -34,22 +34,23 @@ class Precision:
         if self.scaler:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
-        """Apply the update unless the gradients were not finite; update the loss scale."""
+    def step(self, optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+        """Apply the update unless the gradients were not finite (found_inf 1.0); update the loss scale."""
         if self.scaler:
             # The scaler found the infs itself during unscale_, and skips the step on them.
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            step_if_finite(optimizer, finite)
+            step_if_finite(optimizer, found_inf)
 
     def loss_scale(self) -> float:
         """Current loss scale (1.0 without a scaler). Syncs with the device: call at log intervals."""
         return self.scaler.get_scale() if self.scaler else 1.0
 
 
-def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
-    """optimizer.step(), skipped when ``finite`` is False, leaving weights and state untouched.
+def step_if_finite(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """optimizer.step(), skipped when ``found_inf`` (a float32 tensor) is 1.0, leaving weights and
+    state untouched.
 
     Optimizers that support AMP's on-device skip (torch's fused AdamW/SGD/Adam) receive the
     flag as ``found_inf``, exactly as GradScaler hands it to them, so there is no host sync.
@@ -57,12 +58,12 @@ def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> No
     """
     if getattr(optimizer, "_step_supports_amp_scaling", False):
         optimizer.grad_scale = None
-        optimizer.found_inf = (~finite).float()
+        optimizer.found_inf = found_inf
         try:
             optimizer.step()
         finally:
             del optimizer.grad_scale, optimizer.found_inf
-    elif finite.item():
+    elif not found_inf.item():
         optimizer.step()
 
 

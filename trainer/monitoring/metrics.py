@@ -1,8 +1,10 @@
-"""Running training statistics kept on the device, read once per log interval, written to TensorBoard."""
+"""Training statistics: each step's values kept on the device, read once per log interval."""
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Callable
 
 import torch
 
@@ -10,26 +12,31 @@ from trainer import distributed
 from trainer.config import ConfigError
 from trainer.step import StepResult
 
-# The order of the interval's sums (Meter._sums).
-_LOSS, _FINITE_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(6)
+# The rows of an interval's per-step values (Meter.columns) and of a checkpoint's "per_step".
+_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(5)
 
 
 class Meter:
-    """Each step's values over a log interval, in one device buffer; ``add`` queues device work only
-    (one stack and one copy per step: on a GPU, two kernel launches), and ``read``, the one host
-    sync, derives the interval's sums from the buffer in a few ops over all its steps."""
+    """Each step's results over a log interval, read once per interval.
 
-    def __init__(self, device: torch.device, capacity: int):
-        # One column per step of the interval: loss, pre-clip norm, post-clip norm, clipped, finite.
-        # The spike guard and the controller read the losses and norms.
-        self.per_step = torch.zeros(5, capacity, device=device)
-        # Running sums a checkpoint of an earlier release holds (it summed each step as it went, and
-        # kept only loss and norm per step): added at the next read, for the steps before
-        # `counted_from`, whose columns hold loss and norm only.
-        self.carried = torch.zeros(6, device=device)
+    ``add`` keeps the step's result as the step returned it (device tensors) and runs no device op:
+    on a GPU, no kernel launch. ``read``, the interval's one host sync, stacks them in one op,
+    brings them to the host in one copy, and averages them there. ``clip_stats`` is the clip
+    policy's ``clipped_stats``, for the policies that leave a step's post-clip norm to the log step.
+    """
+
+    def __init__(self, device: torch.device, capacity: int,
+                 clip_stats: Callable[[list[float]], tuple[list[float], list[bool]]] | None = None):
+        self.device, self.capacity, self.clip_stats = device, capacity, clip_stats
+        self.results: list[StepResult] = []
+        # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._FINITE.
+        self.restored: list[list[float]] = [[] for _ in range(5)]
+        # Sums a checkpoint of an earlier release holds (it summed each step as it went, and kept only
+        # loss and norm per step): added at the next read, for the steps before `counted_from`.
+        self.carried = [0.0] * 6
         self.counted_from = 0
-        self.skipped_total = torch.zeros((), device=device)
-        self.clipped_total = torch.zeros((), device=device)
+        self.skipped_total = 0.0
+        self.clipped_total = 0.0
         self.steps = 0
         self.samples = 0
         self.tokens = 0
@@ -41,78 +48,94 @@ class Meter:
         self.started = time.perf_counter()
 
     def add(self, r: StepResult, samples: int, tokens: int) -> None:
-        self.per_step[:, self.steps] = torch.stack([r.loss, r.norm, r.clipped_norm, r.clipped, r.finite])
+        self.results.append(r)
         self.steps += 1
         self.samples += samples
         self.tokens += tokens
 
-    def _sums(self) -> torch.Tensor:
-        """The interval's sums (in _LOSS.. order), and the running totals brought up to date.
+    def columns(self, across_ranks: bool = False) -> list[list[float]]:
+        """The interval's values so far on the host, one list per row (_LOSS.._FINITE); a host sync.
 
-        Non-finite values would turn every average into inf/NaN, so each average is over the steps
-        where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
-        usually finite and counts; its norm is not. Skipped steps are counted instead."""
-        loss, norm, clipped_norm, clipped, finite = self.per_step[:, self.counted_from:self.steps]
-        loss_ok, ok = torch.isfinite(loss), finite.bool()
-        clipped_ok = clipped.bool() & ok
-        sums = torch.stack([torch.where(loss_ok, loss, 0.0).sum(), loss_ok.sum(), torch.where(ok, norm, 0.0).sum(),
-                            torch.where(ok, clipped_norm, 0.0).sum(), clipped_ok.sum(), ok.sum()]) + self.carried
-        self.skipped_total += (~ok).sum()
-        self.clipped_total += clipped_ok.sum()
-        return sums
+        across_ranks: each step's values averaged over the ranks (the losses differ; norms and
+        flags are the same on every rank, as gradients are all-reduced before they are measured).
+        """
+        rows = [list(r) for r in self.restored]
+        if not self.results:
+            return rows
+        derived = self.results[0].clipped_norm is None
+        if derived and self.clip_stats is None:
+            raise ConfigError("clip._target_: the policy returned no clipped_norm and has no clipped_stats(norms) "
+                              "to derive it from (see trainer/clipping.py)")
+        fields = (lambda r: (r.loss, r.norm, r.skipped)) if derived else (
+            lambda r: (r.loss, r.norm, r.skipped, r.clipped_norm, r.clipped))
+        values = torch.stack([v for r in self.results for v in fields(r)])  # one op for the whole interval
+        if across_ranks and distributed.world().size > 1:
+            values = distributed.all_reduce_sum(values) / distributed.world().size
+        host = values.tolist()
+        k = 3 if derived else 5
+        loss, norm, skipped = host[0::k], host[1::k], host[2::k]
+        clipped_norm, clipped = self.clip_stats(norm) if derived else (host[3::k], host[4::k])
+        fresh = (loss, norm, clipped_norm, [float(c) for c in clipped], [1.0 - s for s in skipped])
+        return [old + new for old, new in zip(rows, fresh)]
 
     def state_dict(self) -> dict[str, object]:
-        return {"per_step": self.per_step, "carried": self.carried, "counted_from": self.counted_from,
-                "skipped_total": self.skipped_total, "clipped_total": self.clipped_total,
+        per_step = torch.zeros(5, self.capacity)  # the layout of checkpoints since 6cfab1e
+        per_step[:, :self.steps] = torch.tensor(self.columns())
+        return {"per_step": per_step, "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
+                "skipped_total": torch.tensor(self.skipped_total), "clipped_total": torch.tensor(self.clipped_total),
                 "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        for name in ("skipped_total", "clipped_total"):
-            getattr(self, name).copy_(state[name])
+        self.skipped_total, self.clipped_total = float(state["skipped_total"]), float(state["clipped_total"])
         self.steps, self.samples, self.tokens = state["steps"], state["samples"], state["tokens"]
-        if self.steps >= self.per_step.shape[1]:
-            raise ConfigError(f"trainer.log_every={self.per_step.shape[1]}: the checkpoint is {self.steps} steps "
+        if self.steps >= self.capacity:
+            raise ConfigError(f"trainer.log_every={self.capacity}: the checkpoint is {self.steps} steps "
                               "into a log interval; resume with the trainer.log_every it was written with")
-        saved = state["per_step"]
-        self.per_step[:saved.shape[0], :self.steps] = saved[:, :self.steps]
+        saved = state["per_step"].cpu()[:, :self.steps].tolist()
+        self.restored = saved + [[0.0] * self.steps for _ in range(5 - len(saved))]
+        self.results = []
         if "carried" in state:
-            self.carried.copy_(state["carried"])
-            self.counted_from = state["counted_from"]
+            self.carried, self.counted_from = state["carried"].tolist(), state["counted_from"]
         else:  # an older checkpoint: running sums of the steps so far, and their losses and norms
-            self.carried.copy_(state["sums"])
-            self.counted_from = self.steps
+            self.carried, self.counted_from = state["sums"].tolist(), self.steps
 
     def read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
-        """Averages since the last read, and each step's loss and norm; then reset. One wait for the device."""
-        counts = torch.tensor([float(self.samples), float(self.tokens)], device=self.per_step.device)
-        values = torch.cat([self._sums(), self.skipped_total[None], self.clipped_total[None],
-                            self.per_step[:2, :self.steps].flatten(), counts])  # the loss and norm rows
-        # Across ranks: the mean. Losses differ from rank to rank; norms, flags and counts are the
-        # same on every rank (gradients are all-reduced before they are measured), so stay as they
-        # are; samples and tokens are each rank's, so their mean times the ranks is the job's.
-        world = distributed.world().size
-        if world > 1:
-            values = distributed.all_reduce_sum(values) / world
-        host = values.tolist()
-        sums, skipped, clipped = host[:6], host[6], host[7]
-        per_step = {"loss": host[8:8 + self.steps], "norm": host[8 + self.steps:8 + 2 * self.steps]}
-        samples, tokens = host[-2] * world, host[-1] * world
-        elapsed = time.perf_counter() - self.started
-        def mean(total: int, count: int) -> float:
-            return sums[total] / sums[count] if sums[count] else float("nan")
+        """Averages since the last read, and each step's loss and norm; then reset. One wait for the device.
 
+        Non-finite values would turn every average into inf/NaN, so each average is over the steps
+        where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
+        usually finite and counts; its norm is not. Skipped steps are counted instead.
+        """
+        cols = self.columns(across_ranks=True)
+        loss_sum, loss_n, norm_sum, clipped_norm_sum, clipped_n, ok_n = self.carried
+        for i in range(self.counted_from, self.steps):
+            if math.isfinite(cols[_LOSS][i]):
+                loss_sum, loss_n = loss_sum + cols[_LOSS][i], loss_n + 1
+            if cols[_FINITE][i]:
+                norm_sum, clipped_norm_sum = norm_sum + cols[_NORM][i], clipped_norm_sum + cols[_CLIPPED_NORM][i]
+                clipped_n, ok_n = clipped_n + cols[_CLIPPED][i], ok_n + 1
+        self.skipped_total += self.steps - self.counted_from - sum(cols[_FINITE][self.counted_from:])
+        self.clipped_total += sum(c for c, f in zip(cols[_CLIPPED][self.counted_from:], cols[_FINITE][self.counted_from:])
+                                  if f)
+        samples, tokens = self.samples, self.tokens
+        if distributed.world().size > 1:  # of the job: every rank's (padded batches may differ in tokens)
+            counts = torch.tensor([float(samples), float(tokens)], device=self.device)
+            samples, tokens = distributed.all_reduce_sum(counts).tolist()
+        elapsed = time.perf_counter() - self.started
         out = {
-            "train/loss": mean(_LOSS, _FINITE_LOSS),
-            "train/grad_norm": mean(_NORM, _FINITE),
-            "train/grad_norm_clipped": mean(_CLIPPED_NORM, _FINITE),
-            "train/clip_fraction": sums[_CLIPPED] / self.steps,
-            "train/skipped_steps": skipped,
+            "train/loss": loss_sum / loss_n if loss_n else math.nan,
+            "train/grad_norm": norm_sum / ok_n if ok_n else math.nan,
+            "train/grad_norm_clipped": clipped_norm_sum / ok_n if ok_n else math.nan,
+            "train/clip_fraction": clipped_n / self.steps,
+            "train/skipped_steps": self.skipped_total,
             "perf/step_ms": 1000 * elapsed / self.steps,
             "perf/samples_per_sec": samples / elapsed,  # of the job: all ranks
             "perf/tokens_per_sec": tokens / elapsed,
-            "clipped_total": clipped,
+            "clipped_total": self.clipped_total,
         }
-        self.carried.zero_()
-        self.steps = self.samples = self.tokens = self.counted_from = 0
+        per_step = {"loss": cols[_LOSS], "norm": cols[_NORM]}
+        self.carried, self.counted_from = [0.0] * 6, 0
+        self.results, self.restored = [], [[] for _ in range(5)]
+        self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
         return out, per_step
