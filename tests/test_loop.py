@@ -97,7 +97,8 @@ def test_no_host_sync_outside_log_intervals_on_cuda(tmp_path, monkeypatch, amp):
 
 @pytest.mark.slow
 def test_compiled_model_trains_to_the_eager_loss(tmp_path):
-    """trainer.compile=true on the default GPT and text data: the same logged losses as eager."""
+    """trainer.compile=true on the default GPT and text data, the model and the norm clip both
+    compiled: the same logged losses and gradient norms as eager."""
     common = ["trainer.max_steps=20", "trainer.log_every=10", "trainer.eval_every=20", "trainer.eval_batches=2",
               "data.batch_size=4", "data.seq_len=64", "trainer.device=cpu"]
     losses = {}
@@ -105,8 +106,9 @@ def test_compiled_model_trains_to_the_eager_loss(tmp_path):
         run = build(make_config(*common, f"trainer.compile={str(compiled).lower()}"))
         train(run, tmp_path / str(compiled), Display(20, quiet=True))
         scalars = read_scalars(tmp_path / str(compiled))
-        losses[compiled] = [v for _, v in scalars["train/loss"]] + [v for _, v in scalars["eval/loss"]]
-    assert hasattr(run.model, "_orig_mod")  # it really ran compiled
-    assert len(losses[True]) == 3
+        losses[compiled] = [v for tag in ("train/loss", "eval/loss", "train/grad_norm", "train/grad_norm_clipped")
+                            for _, v in scalars[tag]]
+    assert hasattr(run.model, "_orig_mod") and hasattr(run.clip._clip, "_torchdynamo_orig_callable")  # really compiled
+    assert len(losses[True]) == 7
     for eager, compiled in zip(losses[False], losses[True]):
         assert abs(eager - compiled) < 1e-3 * eager, losses

@@ -23,7 +23,7 @@ from trainer.config import ConfigError
 from trainer.data.stream import BatchStream, EpochSampler, LazyEpochSampler
 from trainer.data.tokens import MASK_ID
 from trainer.models import pretrained as hf_pretrained
-from trainer.precision import Precision, cpu_note
+from trainer.precision import Precision, cpu_note, emulation_factor
 from trainer.schedule import Schedule
 
 
@@ -153,8 +153,12 @@ def build(cfg: DictConfig, command_line: list[str] | tuple[str, ...] = ()) -> Ru
             notes.append(note)
     model = model.to(device)
     precision = _build("amp", cfg.amp, device=device)
-    if note := cpu_note(precision, device):
-        notes.append(note)
+    if factor := emulation_factor(precision, device):
+        if cfg.trainer.compile:
+            raise ConfigError(f"trainer.compile=true with amp={precision.name}: this CPU has no native {precision.name}, "
+                              f"so every matmul is emulated ({factor:.0f}x slower than fp32 here), compiled or not; "
+                              "compile with amp=fp32 on this CPU")
+        notes.append(cpu_note(precision, factor))
     strategy = cfg.strategy
     if strategy.kind.name == "fsdp" and world.size > 1:
         # FSDP casts the sharded parameters itself (MixedPrecisionPolicy); autocast would cast again.
@@ -172,5 +176,10 @@ def build(cfg: DictConfig, command_line: list[str] | tuple[str, ...] = ()) -> Ru
         clip.bind(unwrap(model))
     if cfg.trainer.compile:
         model = torch.compile(model)
+        # The clip too, where it is plain tensor math on every rank's whole gradients (not FSDP's
+        # shards). Fused AdamW stays as it is: already one kernel per group, and a compiled
+        # optimizer step would not take found_inf, the non-finite step's on-device skip.
+        if hasattr(clip, "compile") and not (strategy.kind.name == "fsdp" and world.size > 1):
+            clip.compile()
     return Run(cfg, device, model, params, optimizer, schedule, precision, clip, data, train_batches, eval_loader,
                notes)

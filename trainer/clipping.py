@@ -56,6 +56,13 @@ def scale_to_norm(params: list[torch.Tensor], norm: torch.Tensor, max_norm: floa
     return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
 
+def clip_by_norm(params: list[torch.Tensor], max_norm: float, norm_type: float) -> torch.Tensor:
+    """torch's clip_grad_norm_ (foreach), in two parts so the norm is returned as a tensor."""
+    norm = total_norm(_grads(params), norm_type)
+    clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return norm
+
+
 class NormClip:
     """Scale all gradients together so their total norm is at most max_norm (torch's clip_grad_norm_).
 
@@ -67,11 +74,16 @@ class NormClip:
         self.max_norm = float(max_norm)
         self.norm_type = float(norm_type)
         self.controller = Controller(**controller_keys) if controller else None
+        self._clip = clip_by_norm
+
+    def compile(self) -> None:
+        """Run the norm and the scaling under torch.compile (trainer.compile=true): a handful of
+        kernels become one or two. A max_norm the controller moves compiles once more, then the
+        value is a graph input (dynamo's automatic dynamic)."""
+        self._clip = torch.compile(clip_by_norm)
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = total_norm(_grads(params), self.norm_type)
-        clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
-        return ClipResult(norm)
+        return ClipResult(self._clip(params, self.max_norm, self.norm_type))
 
     def clipped_stats(self, norms: list[float]) -> tuple[list[float], list[bool]]:
         """Post-clip norms and clipped flags of an interval's steps, from their pre-clip norms (on the

@@ -333,7 +333,8 @@ class TrainerConfig:
     log_every: int = _positive("steps per TensorBoard/terminal log interval")
     eval_every: int = _positive("steps between evals; eval also runs after the last step")
     eval_batches: int = _positive("held-out batches per eval (fewer if the set is smaller)")
-    compile: bool = _doc("`torch.compile` the model")
+    compile: bool = _doc("`torch.compile` the model, and with `clip=norm` the clip; refused with half-precision "
+                          "autocast on a CPU that emulates it")
     nproc_per_node: int = _positive("> 1: `trainer train` starts this many workers on this node through torch's "
                                     "elastic launcher (see \"Many GPUs and nodes\")")
 

@@ -96,9 +96,9 @@ def _matmul_seconds(dtype: torch.dtype | None, size: int = 128, repeats: int = 5
     return best
 
 
-def cpu_note(precision: Precision, device: torch.device) -> str | None:
-    """On a CPU without native half precision (oneDNN's own check), autocast is emulated: one line
-    for the start-up notes with how much slower a matmul measured here (a few milliseconds)."""
+def emulation_factor(precision: Precision, device: torch.device) -> float | None:
+    """On a CPU without native half precision (oneDNN's own check), how much slower a matmul in
+    the autocast dtype measured than in fp32 (a few milliseconds); None where it is native."""
     if device.type != "cpu" or precision.dtype is None:
         return None
     check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
@@ -108,8 +108,12 @@ def cpu_note(precision: Precision, device: torch.device) -> str | None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like for like, and fair on a busy machine (threads would spin against it)
     try:
-        factor = _matmul_seconds(precision.dtype) / _matmul_seconds(None)
+        return _matmul_seconds(precision.dtype) / _matmul_seconds(None)
     finally:
         torch.set_num_threads(threads)
+
+
+def cpu_note(precision: Precision, factor: float) -> str:
+    """The start-up note for an emulated autocast dtype."""
     return (f"amp={precision.name} on this CPU: no native {precision.name}, so autocast is emulated (a matmul "
             f"measured {factor:.0f}x slower than fp32 here); on this CPU, amp=fp32 trains faster")
