@@ -61,6 +61,9 @@ def test_ops_are_counted_per_step_and_cpu_ratios_are_paired(tmp_path):
              for name, extra in (("raw", []), ("trainer", []), ("trainer clip=none", ["clip=none"]))}
     again = bench.ops_per_step("raw", build(cfg), 20, tmp_path / "again")
     assert count["raw"] == again and again[0] > again[1] > 100  # forward, backward, fused AdamW: hundreds
+    # a run that logs less often than the steps counted: counted to its first log, not left at 0
+    rare = make_config(*PRESETS["tiny"]["overrides"], "trainer.max_steps=50", "trainer.log_every=50")
+    assert bench.ops_per_step("trainer", build(rare), 20, tmp_path / "rare")[0] > again[0]
     for kind in (0, 1):  # every event, top-level alone
         assert count["trainer clip=none"][kind] < count["trainer"][kind] and count["raw"][kind] < count["trainer"][kind]
     # ratios within each repeat (2, 3, 2, 3), not of medians (3.5 / 1.5)
@@ -79,8 +82,9 @@ def test_the_loop_adds_only_the_skip_flag_and_the_log_read_to_the_raw_loop(tmp_p
 
     steps = 20
     overrides = [*PRESETS["tiny"]["overrides"], f"trainer.max_steps={steps}", f"trainer.eval_every={steps}"]
-    (raw_all, raw_top), (ours_all, ours_top) = (bench.op_counts(name, build(make_config(*overrides)), steps,
-                                                                tmp_path / name) for name in ("raw", "trainer"))
+    (raw_all, raw_top, _), (ours_all, ours_top, counted) = (
+        bench.op_counts(name, build(make_config(*overrides)), steps, tmp_path / name) for name in ("raw", "trainer"))
+    assert counted == steps
     run = build(make_config(*overrides))
     groups, tensors = len(run.optimizer.param_groups), len(run.params)
     logs, values = steps // 10, 3 * 10  # loss, norm and flag of each step in the interval

@@ -81,6 +81,7 @@ class _Clock(Display):
     def __init__(self, steps: int, profiler: torch.profiler.profile | None = None):
         super().__init__(steps, quiet=True)
         self.start = self.end = self.cpu_start = self.cpu_end = 0.0
+        self.last_step = steps
         self.profiler = profiler
         self.marks: list[float] = []  # [0]: the start; [k]: the end of step k (before its log work)
 
@@ -101,8 +102,10 @@ class _Clock(Display):
 
     def log(self, step: int, m: dict[str, float], scale: float, lr: float) -> None:
         # The log follows the interval's host read, so the device has finished every step by now.
-        if step == self.max_steps:
-            self.end, self.cpu_end = time.perf_counter(), time.process_time()
+        # The first log at or after max_steps: a run that goes on (ops are counted over fewer steps
+        # than it trains) may not log at max_steps itself.
+        if step >= self.max_steps and not self.end:
+            self.end, self.cpu_end, self.last_step = time.perf_counter(), time.process_time(), step
             if self.profiler:
                 _silently(self.profiler.stop)
 
@@ -128,16 +131,17 @@ def _timed(name: str, run: Run, steps: int, out: Path) -> tuple[float, float, _C
 def ops_per_step(name: str, run: Run, steps: int, out: Path) -> tuple[float, float]:
     """aten ops per step of one side: every aten:: event, nested ones included, and the top-level
     ones alone (see op_counts)."""
-    every, top = op_counts(name, run, steps, out)
-    return sum(every.values()) / steps, sum(top.values()) / steps
+    every, top, counted = op_counts(name, run, steps, out)
+    return sum(every.values()) / counted, sum(top.values()) / counted
 
 
-def op_counts(name: str, run: Run, steps: int, out: Path) -> tuple[Counter[str], Counter[str]]:
+def op_counts(name: str, run: Run, steps: int, out: Path) -> tuple[Counter[str], Counter[str], int]:
     """aten ops of one side by name, counted by torch's profiler over `steps` steps (the trainer
     side between its first step and its last log, as it is timed): every aten:: event, nested
     ones included, and the top-level ones alone (called from Python or the autograd engine, not
     from inside another aten op: on a GPU each is a kernel launch or a few, while the nested ones
-    are their views, allocations and casts, or a CPU kernel's own loop over tensors)."""
+    are their views, allocations and casts, or a CPU kernel's own loop over tensors); and the
+    steps counted (the trainer side's: up to its first log at or after `steps`)."""
     from torch.profiler import ProfilerActivity, profile
 
     profiler = profile(activities=[ProfilerActivity.CPU])
@@ -146,9 +150,11 @@ def op_counts(name: str, run: Run, steps: int, out: Path) -> tuple[Counter[str],
         raw_loop(run, steps)
         _silently(profiler.stop)
     else:
-        train(run, out, _Clock(steps, profiler))
+        clock = _Clock(steps, profiler)
+        train(run, out, clock)
+        steps = clock.last_step
     events = [e for e in profiler.events() if e.name.startswith("aten::")]
-    return Counter(e.name for e in events), Counter(e.name for e in events if not _inside_aten(e))
+    return Counter(e.name for e in events), Counter(e.name for e in events if not _inside_aten(e)), steps
 
 
 def _inside_aten(event) -> bool:
@@ -257,7 +263,8 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
                         after_log, others = after_log + a, others + o
                     if cuda:
                         memory[name] = max(memory[name], torch.cuda.max_memory_allocated(device))
-        ops = {name: ops_per_step(name, runs[name], min(steps, 20), Path(tmp) / f"ops-{names.index(name)}")
+        counted = min(steps, max(20, cfg.trainer.log_every))  # a log step among them, as in the timed steps
+        ops = {name: ops_per_step(name, runs[name], counted, Path(tmp) / f"ops-{names.index(name)}")
                for name in names}
     flops, peak = flops_per_token(raw_run), peak or peak_flops(device, raw_run.precision.name)
     raw = statistics.median(times["raw"])
