@@ -165,6 +165,8 @@ STATEFUL_CLIPS = {
     # max_norm so low that the controller lowers the lr every 2 steps: its state must carry over.
     "controller": ["clip.controller=true", "clip.max_norm=0.01", "clip.patience=2", "clip.relax_after=3",
                    "clip.warmup_steps=0"],
+    # Not a clip policy but stateful the same way: so tight that it skips steps on both sides of the stop.
+    "skip-step": ["guard.skip=true", "guard.skip_window=4", "guard.skip_sigma=0.5"],
 }
 
 
@@ -191,6 +193,9 @@ def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkey
     if clip == "controller":
         assert per_step(run, "clip/lr_scale") == per_step(ref, "clip/lr_scale")
         assert per_step(ref, "clip/lr_scale")[12] < 0.1
+    if clip == "skip-step":
+        spikes = per_step(ref, "train/skipped_spikes")
+        assert per_step(run, "train/skipped_spikes") == spikes and spikes[6] > 0 and spikes[12] > spikes[6]
 
 
 class _Marker:

@@ -66,6 +66,20 @@ def assert_same_run(one, two, steps, tokens_per_step):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_skip_step_decides_alike_on_every_rank(tmp_path):
+    """guard.skip tight enough to weigh every step: two ranks judge the mean of their losses (one
+    collective) and the same norm, so they skip exactly the steps one process with the whole batch
+    skips (none here), and end with its weights. Judging each rank's own loss, one rank skipped a
+    step the other applied (skipped_spikes averaged to 0.5) and the losses parted by 5e-3."""
+    common = ["trainer.max_steps=16", "trainer.eval_every=16", "guard.skip=true", "guard.skip_window=4",
+              "guard.skip_sigma=1.0"]
+    train_together((tmp_path / "one", *common, "data.batch_size=8"),
+                   (tmp_path / "two", *common, "data.batch_size=4", "trainer.nproc_per_node=2"))
+    assert_same_run(tmp_path / "one", tmp_path / "two", 16, tokens_per_step=8 * 16)
+    spikes = read_scalars(tmp_path / "one")["train/skipped_spikes"]
+    assert read_scalars(tmp_path / "two")["train/skipped_spikes"] == spikes
+
+
 @pytest.mark.parametrize("accum", [1, 2])
 def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accum):
     steps = 6

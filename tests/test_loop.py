@@ -19,7 +19,8 @@ from trainer.precision import Precision
 
 
 @pytest.mark.integration
-def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["guard.skip=true"]], ids=["default", "skip-step"])
+def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch, extra):
     """Count every way trainer's code brings a tensor to the host; only log intervals and evals may.
 
     Calls from the data pipeline (host-side index tensors in trainer/data and the DataLoader) are not
@@ -29,7 +30,7 @@ def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch):
     data_pipeline = str(Path(trainer.__file__).parent / "data")
     steps, log_every = 40, 10
     cfg = make_config(*TINY, f"trainer.max_steps={steps}", f"trainer.log_every={log_every}",
-                      f"trainer.eval_every={steps}")
+                      f"trainer.eval_every={steps}", *extra)
     run = build(cfg)
     calls = []
     for name in ("item", "tolist", "__bool__", "__float__", "cpu", "numpy"):

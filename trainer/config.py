@@ -377,6 +377,11 @@ class GuardConfig:
     threshold: float = _positive("a loss above mean + threshold × std is a spike")
     nonfinite_steps: int = _positive("this many non-finite losses in a row also trigger a rollback")
     max_rollbacks: int = _non_negative("after this many rollbacks the run stops instead")
+    skip: bool = _doc("skip-step (see \"Skip-step\"): an update whose loss or gradient norm spikes is not applied, "
+                      "decided on the device; counted in `train/skipped_spikes`")
+    skip_sigma: float = _positive("with guard.skip: a loss or norm above mean + skip_sigma × std of the window spikes")
+    skip_window: int = _checked(lambda v: v >= 4, "must be >= 4", "with guard.skip: the good steps the mean and "
+                                "std are taken over (judged once half of it has been seen)")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The training loop: after each optimizer step, one call per concern, in the order they happen.
 
-step (trainer/step.py) -> schedule -> meter -> at log steps: guard, controller, TensorBoard ->
-eval -> stop signal -> checkpoint. Each concern is its own component: Logger
+step (trainer/step.py; with guard.skip it asks SkipStep, skip_step.py) -> schedule -> meter -> at log
+steps: guard, controller, TensorBoard -> eval -> stop signal -> checkpoint. Each concern is its own component: Logger
 (monitoring/logger.py), Meter (monitoring/metrics.py), SpikeGuard (guard.py), steer
 (controller.py), evaluate and EvalHistory (evaluate.py), Checkpointer (checkpointing/checkpointer.py),
 Schedule (schedule.py).
@@ -28,6 +28,7 @@ from trainer.monitoring.layers import LayerProbe
 from trainer.monitoring.logger import Logger, policy_metrics
 from trainer.monitoring.metrics import Meter
 from trainer.preemption import StopRequest
+from trainer.skip_step import SkipStep
 from trainer.step import to_device, train_step
 
 
@@ -41,10 +42,11 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     t = run.cfg.trainer
     # Plain ints for the hot loop: each access to the config object costs about 10 us.
     max_steps, grad_accum, eval_every = t.max_steps, t.grad_accum, t.eval_every
-    meter = Meter(run.device, t.log_every, getattr(run.clip, "clipped_stats", None))
+    skip = SkipStep.from_config(run.cfg.guard, run.device)
+    meter = Meter(run.device, t.log_every, getattr(run.clip, "clipped_stats", None), spikes=skip is not None)
     history, guard = EvalHistory(), SpikeGuard.from_config(run.cfg.guard)
     probe = LayerProbe(unwrap(run.model)) if run.cfg.log.per_layer else None
-    parts = state.components(run, meter=meter, eval_losses=history, guard=guard)
+    parts = state.components(run, meter=meter, eval_losses=history, guard=guard, skip_step=skip)
     checkpointer = Checkpointer(run, run_dir, parts, display)
     step = checkpointer.resume()
     if on_start and distributed.world().main:
@@ -64,7 +66,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                 log_step = logger.should_log(step)
                 micro, samples, tokens = next_micro_batches(run, grad_accum, guard, step)
                 result = train_step(run.model, run.optimizer, (to_device(b, run.device) for b in micro),
-                                    grad_accum, run.precision, run.clip, run.params, probe if log_step else None)
+                                    grad_accum, run.precision, run.clip, run.params, probe if log_step else None, skip)
                 lr = run.optimizer.param_groups[0]["lr"]  # the lr this step used
                 run.schedule.after_step()
                 meter.add(result, samples, tokens)
@@ -129,6 +131,7 @@ class Totals:
             "final train loss": m.get("train/loss", float("nan")),
             "clip fraction": self.clipped / t.max_steps,
             "skipped steps": int(m.get("train/skipped_steps", 0)),
+            **({"skipped spikes": int(m["train/skipped_spikes"])} if "train/skipped_spikes" in m else {}),
             "rollbacks": guard.rollbacks if guard else 0,
             "final loss scale": m.get("train/loss_scale", run.precision.loss_scale()),
             "mean tokens/s": sum(self.speeds) / len(self.speeds) if self.speeds else float("nan"),

@@ -34,11 +34,18 @@ class Precision:
         if self.scaler:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
-        """Apply the update unless the gradients were not finite (found_inf 1.0); update the loss scale."""
+    def step(self, optimizer: torch.optim.Optimizer, found_inf: torch.Tensor, spikes: bool = False) -> None:
+        """Apply the update unless found_inf is 1.0 (gradients not finite; with spikes=True, or the
+        step spiked); update the loss scale (on non-finite gradients only)."""
         if self.scaler:
-            # The scaler found the infs itself during unscale_, and skips the step on them.
-            self.scaler.step(optimizer)
+            if spikes:
+                # After unscale_, GradScaler.step only hands its own non-finite flag to the optimizer;
+                # found_inf holds that flag (the unscaled norm is not finite exactly then) or a spike.
+                # update() backs the scale off on the scaler's flag alone, as unscale_ recorded it.
+                step_if_finite(optimizer, found_inf)
+            else:
+                # The scaler found the infs itself during unscale_, and skips the step on them.
+                self.scaler.step(optimizer)
             self.scaler.update()
         else:
             step_if_finite(optimizer, found_inf)

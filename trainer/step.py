@@ -19,6 +19,7 @@ from torch import nn
 from trainer.clipping import ClipResult
 from trainer.monitoring.layers import LayerProbe
 from trainer.precision import Precision
+from trainer.skip_step import SkipStep
 
 
 class StepResult(NamedTuple):
@@ -27,6 +28,7 @@ class StepResult(NamedTuple):
     clipped_norm: torch.Tensor | None  # after clipping; None: the policy derives it from norm (clipped_stats)
     clipped: torch.Tensor | None  # bool: did clipping change the gradients; None as clipped_norm
     skipped: torch.Tensor  # 1.0 when the gradients were not finite and the update was skipped, else 0.0
+    spiked: torch.Tensor | None = None  # with guard.skip: 1.0 when the update was skipped as a spike
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -62,10 +64,12 @@ def train_step(
     clip: Callable[[list[torch.Tensor]], ClipResult],
     params: list[torch.Tensor],
     probe: LayerProbe | None = None,
+    skip: SkipStep | None = None,
 ) -> StepResult:
     """Accumulate gradients over grad_accum micro-batches, then clip once and step once.
 
-    A probe (log steps only, with log.per_layer=true) measures per-layer norms and updates.
+    A probe (log steps only, with log.per_layer=true) measures per-layer norms and updates; skip
+    (guard.skip) flags a spiking step, whose update is then skipped like a non-finite one.
     """
     loss_sum = None
     for i, batch in enumerate(micro_batches):
@@ -82,10 +86,11 @@ def train_step(
         probe.measure_grads()
     result = clip(params)
     skipped = not_finite(result.norm)
+    spiked, found_inf = skip(loss_sum, result.norm, skipped) if skip else (None, skipped)
     if probe:
         probe.snapshot()
-    precision.step(optimizer, skipped)
+    precision.step(optimizer, found_inf, spikes=spiked is not None)
     if probe:
         probe.measure_updates()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum, result.norm, result.clipped_norm, result.clipped, skipped)
+    return StepResult(loss_sum, result.norm, result.clipped_norm, result.clipped, skipped, spiked)

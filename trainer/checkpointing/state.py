@@ -60,7 +60,7 @@ class Labels:
 
 
 # Parts added since 0.1.0: a checkpoint without one resumes (the part keeps what the run built).
-_ADDED = ("labels",)
+_ADDED = ("labels", "skip_step")
 
 
 def sharded(run: Run) -> bool:

@@ -12,8 +12,9 @@ from trainer import distributed
 from trainer.config import ConfigError
 from trainer.step import StepResult
 
-# The rows of an interval's per-step values (Meter.columns) and of a checkpoint's "per_step".
-_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE = range(5)
+# The rows of an interval's per-step values (Meter.columns) and of a checkpoint's "per_step" (the
+# last since guard.skip; checkpoints before it have five).
+_LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE, _SPIKED = range(6)
 
 
 class Meter:
@@ -22,21 +23,24 @@ class Meter:
     ``add`` keeps the step's result as the step returned it (device tensors) and runs no device op:
     on a GPU, no kernel launch. ``read``, the interval's one host sync, stacks them in one op,
     brings them to the host in one copy, and averages them there. ``clip_stats`` is the clip
-    policy's ``clipped_stats``, for the policies that leave a step's post-clip norm to the log step.
+    policy's ``clipped_stats``, for the policies that leave a step's post-clip norm to the log step;
+    ``spikes``: the steps carry guard.skip's flag, counted in train/skipped_spikes.
     """
 
     def __init__(self, device: torch.device, capacity: int,
-                 clip_stats: Callable[[list[float]], tuple[list[float], list[bool]]] | None = None):
-        self.device, self.capacity, self.clip_stats = device, capacity, clip_stats
+                 clip_stats: Callable[[list[float]], tuple[list[float], list[bool]]] | None = None,
+                 spikes: bool = False):
+        self.device, self.capacity, self.clip_stats, self.spikes = device, capacity, clip_stats, spikes
         self.results: list[StepResult] = []
-        # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._FINITE.
-        self.restored: list[list[float]] = [[] for _ in range(5)]
+        # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._SPIKED.
+        self.restored: list[list[float]] = [[] for _ in range(6)]
         # Sums a checkpoint of an earlier release holds (it summed each step as it went, and kept only
         # loss and norm per step): added at the next read, for the steps before `counted_from`.
         self.carried = [0.0] * 6
         self.counted_from = 0
         self.skipped_total = 0.0
         self.clipped_total = 0.0
+        self.spiked_total = 0.0
         self.steps = 0
         self.samples = 0
         self.tokens = 0
@@ -54,7 +58,7 @@ class Meter:
         self.tokens += tokens
 
     def columns(self, across_ranks: bool = False) -> list[list[float]]:
-        """The interval's values so far on the host, one list per row (_LOSS.._FINITE); a host sync.
+        """The interval's values so far on the host, one list per row (_LOSS.._SPIKED); a host sync.
 
         across_ranks: each step's values averaged over the ranks (the losses differ; norms and
         flags are the same on every rank, as gradients are all-reduced before they are measured).
@@ -66,33 +70,34 @@ class Meter:
         if derived and self.clip_stats is None:
             raise ConfigError("clip._target_: the policy returned no clipped_norm and has no clipped_stats(norms) "
                               "to derive it from (see trainer/clipping.py)")
-        fields = (lambda r: (r.loss, r.norm, r.skipped)) if derived else (
-            lambda r: (r.loss, r.norm, r.skipped, r.clipped_norm, r.clipped))
-        values = torch.stack([v for r in self.results for v in fields(r)])  # one op for the whole interval
+        names = ("loss", "norm", "skipped", *(() if derived else ("clipped_norm", "clipped")),
+                 *(("spiked",) if self.spikes else ()))
+        values = torch.stack([getattr(r, name) for r in self.results for name in names])  # one op for the interval
         if across_ranks and distributed.world().size > 1:
             values = distributed.all_reduce_sum(values) / distributed.world().size
         host = values.tolist()
-        k = 3 if derived else 5
-        loss, norm, skipped = host[0::k], host[1::k], host[2::k]
-        clipped_norm, clipped = self.clip_stats(norm) if derived else (host[3::k], host[4::k])
-        fresh = (loss, norm, clipped_norm, [float(c) for c in clipped], [1.0 - s for s in skipped])
+        row = {name: host[i::len(names)] for i, name in enumerate(names)}
+        clipped_norm, clipped = self.clip_stats(row["norm"]) if derived else (row["clipped_norm"], row["clipped"])
+        fresh = (row["loss"], row["norm"], clipped_norm, [float(c) for c in clipped], [1.0 - s for s in row["skipped"]],
+                 row.get("spiked", [0.0] * len(self.results)))
         return [old + new for old, new in zip(rows, fresh)]
 
     def state_dict(self) -> dict[str, object]:
-        per_step = torch.zeros(5, self.capacity)  # the layout of checkpoints since 6cfab1e
+        per_step = torch.zeros(6, self.capacity)  # the layout of checkpoints since 6cfab1e, and a row
         per_step[:, :self.steps] = torch.tensor(self.columns())
         return {"per_step": per_step, "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
                 "skipped_total": torch.tensor(self.skipped_total), "clipped_total": torch.tensor(self.clipped_total),
-                "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
+                "spiked_total": self.spiked_total, "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.skipped_total, self.clipped_total = float(state["skipped_total"]), float(state["clipped_total"])
+        self.spiked_total = float(state.get("spiked_total", 0.0))  # not in checkpoints before guard.skip
         self.steps, self.samples, self.tokens = state["steps"], state["samples"], state["tokens"]
         if self.steps >= self.capacity:
             raise ConfigError(f"trainer.log_every={self.capacity}: the checkpoint is {self.steps} steps "
                               "into a log interval; resume with the trainer.log_every it was written with")
         saved = state["per_step"].cpu()[:, :self.steps].tolist()
-        self.restored = saved + [[0.0] * self.steps for _ in range(5 - len(saved))]
+        self.restored = saved + [[0.0] * self.steps for _ in range(6 - len(saved))]
         self.results = []
         if "carried" in state:
             self.carried, self.counted_from = state["carried"].tolist(), state["counted_from"]
@@ -117,6 +122,7 @@ class Meter:
         self.skipped_total += self.steps - self.counted_from - sum(cols[_FINITE][self.counted_from:])
         self.clipped_total += sum(c for c, f in zip(cols[_CLIPPED][self.counted_from:], cols[_FINITE][self.counted_from:])
                                   if f)
+        self.spiked_total += sum(cols[_SPIKED])
         samples, tokens = self.samples, self.tokens
         if distributed.world().size > 1:  # of the job: every rank's (padded batches may differ in tokens)
             counts = torch.tensor([float(samples), float(tokens)], device=self.device)
@@ -133,9 +139,11 @@ class Meter:
             "perf/tokens_per_sec": tokens / elapsed,
             "clipped_total": self.clipped_total,
         }
+        if self.spikes:
+            out["train/skipped_spikes"] = self.spiked_total
         per_step = {"loss": cols[_LOSS], "norm": cols[_NORM]}
         self.carried, self.counted_from = [0.0] * 6, 0
-        self.results, self.restored = [], [[] for _ in range(5)]
+        self.results, self.restored = [], [[] for _ in range(6)]
         self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
         return out, per_step
