@@ -1,4 +1,4 @@
-"""AGC, ZClip, AutoClip and the controller against references written here with plain loops."""
+"""AGC, ZClip, AutoClip, AdaGC and the controller against references written here with plain loops."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 import tests.poison
 from tests.conftest import TINY, make_config, read_scalars
-from trainer.adaptive_clipping import AGC, AutoClip, ZClip
+from trainer.adaptive_clipping import AGC, AdaGC, AutoClip, ZClip
 from trainer.build import build
 from trainer.controller import Controller
 from trainer.monitoring.display import Display
@@ -86,6 +86,51 @@ def test_autoclip_is_the_percentile_of_the_history():
         assert got[step] == pytest.approx(scaled(n, threshold), rel=1e-6, abs=1e-9), step
 
 
+def adagc_reference(pairs, max_norm, ratio, beta, warmup):
+    """AdaGC on two tensors, as the authors' PyTorch code does it (lishuai-97/AdaGC), in plain
+    Python: each step's norm per tensor after clipping (None on a non-finite step, which leaves the
+    references alone)."""
+    reference, out = [math.inf, math.inf], []
+    for step, norms in enumerate(pairs, start=1):
+        if not all(math.isfinite(n) for n in norms):
+            out.append(None)
+            continue
+        if step <= warmup:
+            coef = min(1.0, max_norm / (math.hypot(*norms) + 1e-6))
+            clipped = [n * coef for n in norms]
+            reference = [min(r, c) for r, c in zip(reference, clipped)]
+        else:
+            thresholds = [ratio * r for r in reference]
+            clipped = [n * t / (n + 1e-6) if n > t else n for n, t in zip(norms, thresholds)]
+            seen = [min(n, t) for n, t in zip(norms, thresholds)]  # a clipped tensor enters at its threshold
+            reference = [c if math.isinf(r) else beta * r + (1 - beta) * c for r, c in zip(reference, seen)]
+        out.append(clipped)
+    return out
+
+
+@pytest.mark.unit
+def test_adagc_clips_each_tensor_against_its_own_history():
+    """Two tensors: the first spikes at 30 (9x), the second at 36 (12x), each clipped to 1.04 x its
+    own EMA, the other kept at its own scale; warm-up clips the total; a non-finite step (step 20)
+    changes no reference."""
+    pairs = [(n, 0.5 + 0.05 * math.cos(i)) for i, n in enumerate(NORMS)]
+    pairs[36] = (NORMS[36], 6.0)
+    pairs[19] = (math.inf, 0.5)
+    policy = AdaGC(max_norm=1.0, ratio=1.04, beta=0.99, warmup_steps=5)
+    expected = adagc_reference(pairs, 1.0, 1.04, 0.99, 5)
+    for step, (norms, want) in enumerate(zip(pairs, expected, strict=True)):
+        params = [param_with_norm(n) for n in norms]
+        result = policy(params)
+        if want is None:
+            assert not math.isfinite(result.norm.item())
+            continue
+        for p, n in zip(params, want):
+            assert p.grad.tolist() == pytest.approx([n * d for d in DIRECTION], rel=1e-6, abs=1e-9), step
+        assert result.clipped_norm.item() == pytest.approx(math.hypot(*want), rel=1e-6), step
+    assert expected[30][0] < 1.2 and expected[36][1] < 1.0  # each spike clipped in its own tensor
+    assert expected[30][1] > 0.4 and expected[36][0] > 0.9  # the other one kept near its own scale
+
+
 @pytest.mark.unit
 def test_agc_clips_each_unit_against_its_weight_norm():
     torch.manual_seed(0)
@@ -145,7 +190,7 @@ def test_controller_decisions_on_a_scripted_sequence():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("policy", ["zclip", "autoclip"])
+@pytest.mark.parametrize("policy", ["zclip", "autoclip", "adagc"])
 def test_injected_explosion_stays_finite_and_is_clipped_at_that_step(tmp_path, monkeypatch, policy):
     monkeypatch.setattr(tests.poison.ScaledLossLM, "SCALE", {40: 1e4})
     cfg = make_config(*TINY, "model._target_=tests.poison.ScaledLossLM", f"clip={policy}", "optim=sgd",

@@ -162,6 +162,7 @@ STATEFUL_CLIPS = {
     "zclip": ["clip=zclip", "clip.warmup_steps=5"],
     "autoclip": ["clip=autoclip", "clip.history=4"],
     "agc": ["clip=agc"],
+    "adagc": ["clip=adagc", "clip.warmup_steps=3", "clip.ratio=1.0"],
     # max_norm so low that the controller lowers the lr every 2 steps: its state must carry over.
     "controller": ["clip.controller=true", "clip.max_norm=0.01", "clip.patience=2", "clip.relax_after=3",
                    "clip.warmup_steps=0"],

@@ -66,6 +66,21 @@ def assert_same_run(one, two, steps, tokens_per_step):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_adagc_clips_alike_under_ddp_and_fsdp(tmp_path):
+    """clip=adagc, clipping each tensor on most steps (ratio 1.0 after 3 warm-up steps): two DDP
+    ranks and two FSDP2 ranks (each squares its shards' norms, one all-reduce sums them) log the
+    norms and end with the weights of one process with the whole batch."""
+    common = ["trainer.max_steps=8", "trainer.eval_every=8", "clip=adagc", "clip.warmup_steps=3", "clip.ratio=1.0",
+              "clip.max_norm=0.5"]
+    two = [*common, "data.batch_size=4", "trainer.nproc_per_node=2"]
+    train_together((tmp_path / "one", *common, "data.batch_size=8"), (tmp_path / "ddp", *two),
+                   (tmp_path / "fsdp", *two, "strategy=fsdp"))
+    for run in ("ddp", "fsdp"):
+        assert_same_run(tmp_path / "one", tmp_path / run, 8, tokens_per_step=8 * 16)
+    clipped = read_scalars(tmp_path / "one")["train/clip_fraction"]
+    assert sum(v for _, v in clipped[3:]) >= 3  # the per-tensor phase clipped
+
+
 def test_skip_step_decides_alike_on_every_rank(tmp_path):
     """guard.skip tight enough to weigh every step: two ranks judge the mean of their losses (one
     collective) and the same norm, so they skip exactly the steps one process with the whole batch

@@ -1,4 +1,4 @@
-"""Adaptive clipping policies: AGC, ZClip and AutoClip. Same interface as trainer/clipping.py.
+"""Adaptive clipping policies: AGC, ZClip, AutoClip and AdaGC. Same interface as trainer/clipping.py.
 
 Their statistics live on the device and every decision is a tensor operation, so none of them
 adds a host sync to the step. Non-finite norms (a step that will be skipped) never enter the
@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from trainer import distributed
 from trainer.clipping import ClipResult, _grads, scale_to_norm, total_norm
 
 
@@ -142,3 +143,66 @@ class AGC:
             p.grad.mul_(torch.where(trigger, max_norm / grad_norm.clamp(min=1e-6), 1.0))
             clipped |= trigger.any()
         return ClipResult(norm, total_norm(grads, 2.0), clipped)
+
+
+def tensor_norms(grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each gradient tensor's L2 norm, [tensors], and the tensors to scale in place. FSDP's
+    gradients are DTensor shards: each rank squares its shards' norms and one all-reduce sums them,
+    so every rank has the whole tensors' norms; the local shards are what it scales."""
+    if grads and hasattr(grads[0], "to_local"):
+        local = [g.to_local() for g in grads]
+        squares = torch.stack(torch._foreach_norm(local)) ** 2
+        return local, distributed.all_reduce_sum(squares).sqrt()
+    return grads, torch.stack(torch._foreach_norm(grads))
+
+
+class AdaGC:
+    """AdaGC (Wang et al., 2025, "AdaGC: Enhancing LLM Pretraining Stability via Adaptive Gradient
+    Clipping"): each parameter tensor's gradient is clipped against an EMA of its own past norms.
+
+    For ``warmup_steps`` steps the total norm is clipped to ``max_norm`` and each tensor's reference
+    norm is the smallest clipped norm it has had. After, a tensor whose norm exceeds ``ratio`` times
+    its reference is scaled to it, and the reference moves as an EMA (``beta``) of the tensor's
+    clipped norms. As the authors' PyTorch code (lishuai-97/AdaGC, clip_ratio 1.04, beta 0.99, 100
+    warm-up steps): a clipped tensor enters the EMA at its threshold. All on the device, foreach;
+    a non-finite step (skipped anyway) leaves the references as they were. Under FSDP each rank
+    squares the norms of its shards and one all-reduce sums them: every rank gets the whole
+    tensors' norms, and the same coefficients.
+    """
+
+    def __init__(self, max_norm: float, ratio: float, beta: float, warmup_steps: int, eps: float = 1e-6):
+        self.max_norm, self.ratio, self.beta, self.warmup_steps, self.eps = max_norm, ratio, beta, warmup_steps, eps
+        self.calls = 0  # a host counter: steps seen
+        self.reference: torch.Tensor | None = None  # per tensor, in the order of the gradients
+
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        grads, norms = tensor_norms(_grads(params))
+        norm = torch.linalg.vector_norm(norms)
+        finite = torch.isfinite(norm)
+        if self.reference is None:
+            self.reference = torch.full_like(norms, math.inf)
+        self.calls += 1
+        if self.calls <= self.warmup_steps:
+            coef = torch.clamp(self.max_norm / (norm + self.eps), max=1.0)
+            torch._foreach_mul_(grads, coef)
+            clipped_norms = norms * coef
+            seen = torch.minimum(self.reference, clipped_norms)
+            clipped = coef < 1.0
+        else:
+            threshold = self.ratio * self.reference
+            over = norms > threshold
+            coefs = torch.where(over, threshold / (norms + self.eps), 1.0)
+            torch._foreach_mul_(grads, list(coefs.unbind()))
+            clipped_norms = norms * coefs
+            entered = torch.minimum(norms, threshold)  # a clipped tensor enters the EMA at its threshold
+            seen = torch.where(torch.isinf(self.reference), entered,
+                               self.beta * self.reference + (1 - self.beta) * entered)
+            clipped = over.any()
+        self.reference = torch.where(finite, seen, self.reference)
+        return ClipResult(norm, torch.linalg.vector_norm(clipped_norms), clipped)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"calls": self.calls, "reference": self.reference}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.calls, self.reference = state["calls"], state["reference"]

@@ -307,6 +307,17 @@ class AGCConfig:
 
 
 @dataclass
+class AdaGCConfig:
+    _target_: str = MISSING
+    max_norm: float = _positive("during warm-up the total norm is clipped to this")
+    ratio: float = _positive("after warm-up a tensor's norm is kept ≤ ratio × the EMA of its clipped norms")
+    beta: float = _open_unit("EMA factor of each tensor's clipped norm")
+    warmup_steps: int = _non_negative("steps of clipping the total norm, while each tensor's reference is its "
+                                      "smallest clipped norm")
+    eps: float = _positive("added to a norm it divides by")
+
+
+@dataclass
 class ValueClipConfig:
     _target_: str = MISSING
     clip_value: float = _positive("each gradient element is clamped to ±this")
@@ -431,6 +442,7 @@ SCHEMAS = {
     "sched": {"cosine": CosineConfig, "constant": ConstantConfig, "plateau": PlateauConfig},
     "amp": {"fp32": AmpConfig, "bf16": AmpConfig, "fp16": FP16Config},
     "clip": {"norm": NormClipConfig, "value": ValueClipConfig, "none": NoClipConfig, "zclip": ZClipConfig,
+             "adagc": AdaGCConfig,
              "autoclip": AutoClipConfig, "agc": AGCConfig},
     "trainer": {"default": TrainerConfig},
     "strategy": {"auto": StrategyConfig, "ddp": StrategyConfig, "fsdp": FSDPConfig},
