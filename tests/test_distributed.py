@@ -102,6 +102,11 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accu
     train_together((tmp_path / "one", *common, "data.batch_size=8"),
                    (tmp_path / "two", *common, "data.batch_size=4", "trainer.nproc_per_node=2"))
     assert_same_run(tmp_path / "one", tmp_path / "two", steps, tokens_per_step=8 * 16 * accum)  # tiny: seq_len 16
+    # train/loss_max is the largest loss of any rank (log_every=1: of each step): above the ranks'
+    # mean, which is train/loss, on every step where their losses differ
+    two = read_scalars(tmp_path / "two")
+    pairs = list(zip((v for _, v in two["train/loss_max"]), (v for _, v in two["train/loss"])))
+    assert all(top >= mean for top, mean in pairs) and sum(top > mean + 1e-6 for top, mean in pairs) >= steps - 1
     # One run, one dir: a single events file, a single checkpoints dir, nothing per rank.
     events = sorted(p.name for p in (tmp_path / "two").rglob("events.out.tfevents.*"))
     assert len(events) == 1, events

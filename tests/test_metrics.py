@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.clipping import NormClip
-from trainer.monitoring.metrics import Meter
+from trainer.monitoring.metrics import Meter, SpikeScore
 from trainer.step import StepResult, not_finite
 
 CPU = torch.device("cpu")
@@ -89,3 +89,26 @@ def test_norm_clip_post_clip_values_are_derived_at_the_read_as_measured_on_the_g
     assert m["train/clip_fraction"] == 0.5 and m["train/skipped_steps"] == 1  # 3.0 and 1.001 clipped; inf skipped, not counted
     assert state["per_step"][2, :3].tolist() == pytest.approx(measured[:3], rel=1e-6)
     assert state["per_step"][3].tolist() == [1.0, 0.0, 1.0, 1.0] and state["per_step"][4].tolist() == [1, 1, 1, 0]
+
+
+@pytest.mark.unit
+def test_spike_score_counts_steps_above_mean_plus_sigma_std_of_the_steps_before():
+    """By hand, window 4 (judged from 2 steps on), sigma 1: losses 1, 1, 1, 1, 5, 1 and norms 1
+    except 3 at the sixth step. Step 5: the four before are all 1 (std 0): 5 spikes. Step 6: the
+    four before are 1, 1, 1, 5 (mean 2, population std sqrt(3) = 1.73), loss 1 does not, norm 3
+    against 1, 1, 1, 1 (std 0) does. 2 of 6 steps; the next interval judges against the last four."""
+    score = SpikeScore(window=4, sigma=1.0)
+    assert score([1, 1, 1, 1, 5, 1], [1, 1, 1, 1, 1, 3]) == pytest.approx(2 / 6)
+    # The window is now (1, 1), (1, 1), (5, 1), (1, 3): losses 1, 1, 5, 1 give 2 + 1.73 = 3.73, so
+    # 3.7 does not spike; it joins, and 1, 5, 1, 3.7 give 2.675 + 1.737 = 4.41, which 4.5 exceeds.
+    assert score([3.7, 4.5], [1, 1]) == pytest.approx(1 / 2)
+    assert score([math.nan], [math.inf]) == 0.0  # not finite: no spike, and never joins the window
+    assert len(score.history) == 4 and (math.nan, math.inf) not in score.history
+
+
+@pytest.mark.unit
+def test_loss_max_is_the_largest_finite_step_loss_of_the_interval():
+    meter = Meter(CPU, 4)
+    for r in STEPS:  # losses 2, 4, 6, NaN
+        meter.add(r, 8, 128)
+    assert meter.read()[0]["train/loss_max"] == 6.0

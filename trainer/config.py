@@ -405,6 +405,9 @@ class LogConfig:
     mlflow_uri: Optional[str] = _doc("the MLflow store; `null`: `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in "
                                      "the working directory (MLflow's own default; no server)")
     mlflow_experiment: str = _doc("the MLflow experiment the run is filed under")
+    spike_window: int = _checked(lambda v: v >= 4, "must be >= 4", "`train/spike_score`: each step is compared "
+                                 "with the mean and std of this many finite steps before it")
+    spike_sigma: float = _positive("`train/spike_score`: a loss or norm above mean + spike_sigma × std is a spike")
 
 
 # What each group's options are, for the README's key table (trainer/keys.py renders it).

@@ -46,6 +46,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """In place across ranks, the largest (no-op in one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def agreed_signal(signum: int | None) -> int | None:
     """The stop signal any rank has received (the largest number), so that all ranks stop together."""
     flag = torch.tensor([signum or 0])  # a CPU tensor: gloo, no device sync

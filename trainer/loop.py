@@ -43,7 +43,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     # Plain ints for the hot loop: each access to the config object costs about 10 us.
     max_steps, grad_accum, eval_every = t.max_steps, t.grad_accum, t.eval_every
     skip = SkipStep.from_config(run.cfg.guard, run.device)
-    meter = Meter(run.device, t.log_every, getattr(run.clip, "clipped_stats", None), spikes=skip is not None)
+    meter = Meter(run.device, t.log_every, getattr(run.clip, "clipped_stats", None), spikes=skip is not None,
+                  spike_window=run.cfg.log.spike_window, spike_sigma=run.cfg.log.spike_sigma)
     history, guard = EvalHistory(), SpikeGuard.from_config(run.cfg.guard)
     probe = LayerProbe(unwrap(run.model)) if run.cfg.log.per_layer else None
     parts = state.components(run, meter=meter, eval_losses=history, guard=guard, skip_step=skip)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 from typing import Callable
 
 import torch
@@ -17,6 +19,28 @@ from trainer.step import StepResult
 _LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE, _SPIKED = range(6)
 
 
+class SpikeScore:
+    """train/spike_score: the share of an interval's steps whose loss or gradient norm is more than
+    ``sigma`` (population) standard deviations above the mean of the ``window`` finite steps before
+    it, judged once half a window is there; a non-finite step is no spike (it is a skipped step). On the host, at the log step, from the per-step values the meter
+    reads anyway: no device work."""
+
+    def __init__(self, window: int, sigma: float):
+        self.sigma = sigma
+        self.history: deque[tuple[float, float]] = deque(maxlen=window)
+
+    def __call__(self, losses: list[float], norms: list[float]) -> float:
+        spikes = 0
+        for step in zip(losses, norms):
+            if not all(math.isfinite(x) for x in step):
+                continue  # counted in train/skipped_steps, and kept out of the window
+            if len(self.history) >= max(2, self.history.maxlen // 2):
+                spikes += any(x > statistics.fmean(past) + self.sigma * statistics.pstdev(past)
+                              for x, past in zip(step, zip(*self.history)))
+            self.history.append(step)
+        return spikes / len(losses) if losses else 0.0
+
+
 class Meter:
     """Each step's results over a log interval, read once per interval.
 
@@ -24,13 +48,16 @@ class Meter:
     on a GPU, no kernel launch. ``read``, the interval's one host sync, stacks them in one op,
     brings them to the host in one copy, and averages them there. ``clip_stats`` is the clip
     policy's ``clipped_stats``, for the policies that leave a step's post-clip norm to the log step;
-    ``spikes``: the steps carry guard.skip's flag, counted in train/skipped_spikes.
+    ``spikes``: the steps carry guard.skip's flag, counted in train/skipped_spikes; ``spike_window``
+    and ``spike_sigma``: train/spike_score's (SpikeScore).
     """
 
     def __init__(self, device: torch.device, capacity: int,
                  clip_stats: Callable[[list[float]], tuple[list[float], list[bool]]] | None = None,
-                 spikes: bool = False):
+                 spikes: bool = False, spike_window: int = 100, spike_sigma: float = 3.0):
         self.device, self.capacity, self.clip_stats, self.spikes = device, capacity, clip_stats, spikes
+        self.spike_score = SpikeScore(spike_window, spike_sigma)
+        self.loss_max: list[float] | None = None  # with more than one process: columns' per-step max over ranks
         self.results: list[StepResult] = []
         # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._SPIKED.
         self.restored: list[list[float]] = [[] for _ in range(6)]
@@ -64,6 +91,7 @@ class Meter:
         flags are the same on every rank, as gradients are all-reduced before they are measured).
         """
         rows = [list(r) for r in self.restored]
+        self.loss_max = None
         if not self.results:
             return rows
         derived = self.results[0].clipped_norm is None
@@ -73,7 +101,10 @@ class Meter:
         names = ("loss", "norm", "skipped", *(() if derived else ("clipped_norm", "clipped")),
                  *(("spiked",) if self.spikes else ()))
         values = torch.stack([getattr(r, name) for r in self.results for name in names])  # one op for the interval
+        self.loss_max = None
         if across_ranks and distributed.world().size > 1:
+            # Each step's largest loss of any rank (torchtitan logs the global max loss), then the means.
+            self.loss_max = distributed.all_reduce_max(values.clone()).tolist()[0::len(names)]
             values = distributed.all_reduce_sum(values) / distributed.world().size
         host = values.tolist()
         row = {name: host[i::len(names)] for i, name in enumerate(names)}
@@ -87,11 +118,14 @@ class Meter:
         per_step[:, :self.steps] = torch.tensor(self.columns())
         return {"per_step": per_step, "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
                 "skipped_total": torch.tensor(self.skipped_total), "clipped_total": torch.tensor(self.clipped_total),
-                "spiked_total": self.spiked_total, "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
+                "spiked_total": self.spiked_total, "spike_history": [list(h) for h in self.spike_score.history],
+                "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.skipped_total, self.clipped_total = float(state["skipped_total"]), float(state["clipped_total"])
         self.spiked_total = float(state.get("spiked_total", 0.0))  # not in checkpoints before guard.skip
+        self.spike_score.history.clear()
+        self.spike_score.history.extend(tuple(h) for h in state.get("spike_history", []))
         self.steps, self.samples, self.tokens = state["steps"], state["samples"], state["tokens"]
         if self.steps >= self.capacity:
             raise ConfigError(f"trainer.log_every={self.capacity}: the checkpoint is {self.steps} steps "
@@ -112,6 +146,10 @@ class Meter:
         usually finite and counts; its norm is not. Skipped steps are counted instead.
         """
         cols = self.columns(across_ranks=True)
+        step_max = cols[_LOSS]
+        if self.loss_max:  # the fresh steps' largest loss of any rank (restored steps: as saved)
+            step_max = step_max[:len(step_max) - len(self.loss_max)] + self.loss_max
+        finite_max = [x for x in step_max if not math.isnan(x)]
         loss_sum, loss_n, norm_sum, clipped_norm_sum, clipped_n, ok_n = self.carried
         for i in range(self.counted_from, self.steps):
             if math.isfinite(cols[_LOSS][i]):
@@ -134,6 +172,8 @@ class Meter:
             "train/grad_norm_clipped": clipped_norm_sum / ok_n if ok_n else math.nan,
             "train/clip_fraction": clipped_n / self.steps,
             "train/skipped_steps": self.skipped_total,
+            "train/loss_max": max(finite_max) if finite_max else math.nan,
+            "train/spike_score": self.spike_score(cols[_LOSS][self.counted_from:], cols[_NORM][self.counted_from:]),
             "perf/step_ms": 1000 * elapsed / self.steps,
             "perf/samples_per_sec": samples / elapsed,  # of the job: all ranks
             "perf/tokens_per_sec": tokens / elapsed,
