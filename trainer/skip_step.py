@@ -52,8 +52,9 @@ class SkipStep:
         mean = self.sum / self.count.clamp(min=1)
         var = (self.sumsq - self.sum * mean) / (self.count - 1).clamp(min=1)
         excess = x - mean
-        # excess > sigma * std, without the square root
-        spike = ((excess > 0) & (excess * excess > self.sigma ** 2 * var)).any() & (self.count >= max(2, self.window // 2))
+        # excess > sigma * std, without the square root; judged once half a window is there
+        spike = ((excess > 0) & (excess * excess > self.sigma ** 2 * var)).any()
+        spike = spike & (self.count >= max(2, self.window // 2))
         spiked = spike * (1 - found_inf)
         skip = spiked + found_inf  # the two never both
         good = skip == 0

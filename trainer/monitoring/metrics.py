@@ -101,7 +101,6 @@ class Meter:
         names = ("loss", "norm", "skipped", *(() if derived else ("clipped_norm", "clipped")),
                  *(("spiked",) if self.spikes else ()))
         values = torch.stack([getattr(r, name) for r in self.results for name in names])  # one op for the interval
-        self.loss_max = None
         if across_ranks and distributed.world().size > 1:
             # Each step's largest loss of any rank (torchtitan logs the global max loss), then the means.
             self.loss_max = distributed.all_reduce_max(values.clone()).tolist()[0::len(names)]
