@@ -1,8 +1,8 @@
 """The training loop: after each optimizer step, one call per concern, in the order they happen.
 
 step (trainer/step.py; with guard.skip it asks SkipStep, skip_step.py) -> schedule -> meter -> at log
-steps: guard, controller, TensorBoard -> eval -> stop signal -> checkpoint. Each concern is its own component: Logger
-(monitoring/logger.py), Meter (monitoring/metrics.py), SpikeGuard (guard.py), steer
+steps: guard, controller, TensorBoard -> eval -> stop signal -> checkpoint. Each concern is its own
+component: Logger (monitoring/logger.py), Meter (monitoring/metrics.py), SpikeGuard (guard.py), steer
 (controller.py), evaluate and EvalHistory (evaluate.py), Checkpointer (checkpointing/checkpointer.py),
 Schedule (schedule.py).
 """

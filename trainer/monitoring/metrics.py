@@ -57,7 +57,6 @@ class Meter:
                  spikes: bool = False, spike_window: int = 100, spike_sigma: float = 3.0):
         self.device, self.capacity, self.clip_stats, self.spikes = device, capacity, clip_stats, spikes
         self.spike_score = SpikeScore(spike_window, spike_sigma)
-        self.loss_max: list[float] | None = None  # with more than one process: columns' per-step max over ranks
         self.results: list[StepResult] = []
         # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._SPIKED.
         self.restored: list[list[float]] = [[] for _ in range(6)]
@@ -84,16 +83,16 @@ class Meter:
         self.samples += samples
         self.tokens += tokens
 
-    def columns(self, across_ranks: bool = False) -> list[list[float]]:
-        """The interval's values so far on the host, one list per row (_LOSS.._SPIKED); a host sync.
+    def columns(self, across_ranks: bool = False) -> tuple[list[list[float]], list[float]]:
+        """The interval's values so far on the host, one list per row (_LOSS.._SPIKED), and each
+        step's largest loss of any rank (restored steps: as saved); a host sync.
 
         across_ranks: each step's values averaged over the ranks (the losses differ; norms and
         flags are the same on every rank, as gradients are all-reduced before they are measured).
         """
         rows = [list(r) for r in self.restored]
-        self.loss_max = None
         if not self.results:
-            return rows
+            return rows, rows[_LOSS]
         derived = self.results[0].clipped_norm is None
         if derived and self.clip_stats is None:
             raise ConfigError("clip._target_: the policy returned no clipped_norm and has no clipped_stats(norms) "
@@ -101,20 +100,21 @@ class Meter:
         names = ("loss", "norm", "skipped", *(() if derived else ("clipped_norm", "clipped")),
                  *(("spiked",) if self.spikes else ()))
         values = torch.stack([getattr(r, name) for r in self.results for name in names])  # one op for the interval
+        fresh_max = None
         if across_ranks and distributed.world().size > 1:
             # Each step's largest loss of any rank (torchtitan logs the global max loss), then the means.
-            self.loss_max = distributed.all_reduce_max(values.clone()).tolist()[0::len(names)]
+            fresh_max = distributed.all_reduce_max(values.clone()).tolist()[0::len(names)]
             values = distributed.all_reduce_sum(values) / distributed.world().size
         host = values.tolist()
         row = {name: host[i::len(names)] for i, name in enumerate(names)}
         clipped_norm, clipped = self.clip_stats(row["norm"]) if derived else (row["clipped_norm"], row["clipped"])
         fresh = (row["loss"], row["norm"], clipped_norm, [float(c) for c in clipped], [1.0 - s for s in row["skipped"]],
                  row.get("spiked", [0.0] * len(self.results)))
-        return [old + new for old, new in zip(rows, fresh)]
+        return [old + new for old, new in zip(rows, fresh)], rows[_LOSS] + (fresh_max or row["loss"])
 
     def state_dict(self) -> dict[str, object]:
         per_step = torch.zeros(6, self.capacity)  # the layout of checkpoints since 6cfab1e, and a row
-        per_step[:, :self.steps] = torch.tensor(self.columns())
+        per_step[:, :self.steps] = torch.tensor(self.columns()[0])
         return {"per_step": per_step, "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
                 "skipped_total": torch.tensor(self.skipped_total), "clipped_total": torch.tensor(self.clipped_total),
                 "spiked_total": self.spiked_total, "spike_history": [list(h) for h in self.spike_score.history],
@@ -144,10 +144,7 @@ class Meter:
         where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
         usually finite and counts; its norm is not. Skipped steps are counted instead.
         """
-        cols = self.columns(across_ranks=True)
-        step_max = cols[_LOSS]
-        if self.loss_max:  # the fresh steps' largest loss of any rank (restored steps: as saved)
-            step_max = step_max[:len(step_max) - len(self.loss_max)] + self.loss_max
+        cols, step_max = self.columns(across_ranks=True)
         finite_max = [x for x in step_max if not math.isnan(x)]
         loss_sum, loss_n, norm_sum, clipped_norm_sum, clipped_n, ok_n = self.carried
         for i in range(self.counted_from, self.steps):
