@@ -95,6 +95,21 @@ def test_skip_step_decides_alike_on_every_rank(tmp_path):
     assert read_scalars(tmp_path / "two")["train/skipped_spikes"] == spikes
 
 
+def test_check_ranks_names_the_rank_whose_gradients_were_not_synchronised(tmp_path):
+    """log.check_ranks: with the output layer left out of DDP's all-reduce (a user's model), rank 1's
+    norm differs from rank 0's from the first step, and the line names it; with every gradient
+    synchronised, no line."""
+    common = ["trainer.max_steps=2", "trainer.eval_every=2", "log.check_ranks=true", "data.batch_size=4",
+              "trainer.nproc_per_node=2"]
+    bad, good = train_together((tmp_path / "bad", *common, "model._target_=tests.user_model.UnsyncedLM"),
+                               (tmp_path / "good", *common, "model._target_=tests.user_model.BigramLM"))
+    lines = [line for line in bad.stdout.splitlines() if line.startswith("log.check_ranks:")]
+    assert len(lines) == 2, bad.stdout[-2000:]  # one per log step (log_every=1), naming rank 1
+    assert lines[0].startswith("log.check_ranks: rank 1's gradient norm at step 1 is ")
+    assert "rank 0's" in lines[0] and "log.check_ranks" in (tmp_path / "bad" / "train.log").read_text()
+    assert "log.check_ranks" not in good.stdout
+
+
 @pytest.mark.parametrize("accum", [1, 2])
 def test_ddp_two_processes_equal_one_process_with_twice_the_batch(tmp_path, accum):
     steps = 6

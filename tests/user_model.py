@@ -53,3 +53,13 @@ class SlowData:
         Path(os.environ["SLOW_DATA_READY"]).touch()
         time.sleep(120)
         self.__dict__.update(vars(SyntheticData(**synthetic_keys)))
+
+
+class UnsyncedLM(BigramLM):
+    """A user's model with a bug DDP cannot see: its output layer is left out of DDP's gradient
+    all-reduce (DDP's own `_ddp_params_and_buffers_to_ignore`), so each rank keeps its own gradients
+    there and the ranks' weights drift apart; log.check_ranks names the rank."""
+
+    def __init__(self, **keys):
+        super().__init__(**keys)
+        self._ddp_params_and_buffers_to_ignore = ["out.weight", "out.bias"]

@@ -408,6 +408,9 @@ class LogConfig:
     spike_window: int = _checked(lambda v: v >= 4, "must be >= 4", "`train/spike_score`: each step is compared "
                                  "with the mean and std of this many finite steps before it")
     spike_sigma: float = _positive("`train/spike_score`: a loss or norm above mean + spike_sigma × std is a spike")
+    check_ranks: bool = _doc("with more than one process: at log steps, every rank's per-step gradient norms are "
+                             "compared with rank 0's (one all-gather per log step); a rank whose norm differs by more "
+                             "than 1e-5 (relative) is named in one line, on the terminal and in train.log")
 
 
 # What each group's options are, for the README's key table (trainer/keys.py renders it).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import sys
 from typing import Iterator
 
@@ -66,6 +67,20 @@ def all_gather_object(obj: object) -> list[object]:
         return [obj]
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def differing_ranks(values: list[float], rtol: float = 1e-5) -> list[tuple[int, int, float, float]]:
+    """Every rank's values against rank 0's, as (rank, index, its value, rank 0's) where they differ
+    by more than rtol (relative; two NaNs agree), the first difference of each rank; one all-gather."""
+    ranks = all_gather_object(values)
+    out = []
+    for rank, theirs in enumerate(ranks[1:], start=1):
+        for i, (mine, ref) in enumerate(zip(theirs, ranks[0], strict=True)):
+            if not (mine == ref or (math.isnan(mine) and math.isnan(ref))
+                    or abs(mine - ref) <= rtol * max(abs(mine), abs(ref))):
+                out.append((rank, i, mine, ref))
+                break
     return out
 
 

@@ -44,7 +44,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
     max_steps, grad_accum, eval_every = t.max_steps, t.grad_accum, t.eval_every
     skip = SkipStep.from_config(run.cfg.guard, run.device)
     meter = Meter(run.device, t.log_every, getattr(run.clip, "clipped_stats", None), spikes=skip is not None,
-                  spike_window=run.cfg.log.spike_window, spike_sigma=run.cfg.log.spike_sigma)
+                  spike_window=run.cfg.log.spike_window, spike_sigma=run.cfg.log.spike_sigma,
+                  check_ranks=run.cfg.log.check_ranks)
     history, guard = EvalHistory(), SpikeGuard.from_config(run.cfg.guard)
     probe = LayerProbe(unwrap(run.model)) if run.cfg.log.per_layer else None
     parts = state.components(run, meter=meter, eval_losses=history, guard=guard, skip_step=skip)
@@ -81,7 +82,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                     if guard and (bad := guard.check(step, per_step["loss"])):
                         step = guard.roll_back(bad, checkpointer, run.train_batches, logger, display)
                         continue  # redo the steps after the checkpoint, without the bad batches
-                    log_interval(run, step, lr, metrics, per_step["norm"], logger, display, guard, probe, totals)
+                    log_interval(run, step, lr, metrics, per_step, logger, display, guard, probe, totals)
                 if step % eval_every == 0 or step == max_steps:
                     log_eval(run, step, history, logger, display)
                 if stop.requested(log_step):
@@ -142,11 +143,15 @@ class Totals:
         }
 
 
-def log_interval(run: Run, step: int, lr: float, m: dict[str, float], norms: list[float], logger: Logger,
+def log_interval(run: Run, step: int, lr: float, m: dict[str, float], per_step: dict[str, list], logger: Logger,
                  display: Display, guard: SpikeGuard | None, probe: LayerProbe | None, totals: Totals) -> None:
-    """A checked log interval: the clip controller's decisions, then every metric to TensorBoard and
-    the display; a collapsed fp16 loss scale stops the run."""
+    """A checked log interval: ranks that disagree (log.check_ranks), the clip controller's decisions,
+    then every metric to TensorBoard and the display; a collapsed fp16 loss scale stops the run."""
     totals.clipped = m.pop("clipped_total")
+    norms = per_step["norm"]
+    for rank, i, theirs, ref in per_step["differing_ranks"]:
+        display.note(f"log.check_ranks: rank {rank}'s gradient norm at step {step - len(norms) + 1 + i} is "
+                     f"{theirs:.8g}, rank 0's {ref:.8g}: the ranks do not hold the same gradients")
     if getattr(run.clip, "controller", None):
         steer(run.clip, run.schedule, step - len(norms) + 1, norms, display.note)
     m.update(policy_metrics(run, lr, guard, probe))

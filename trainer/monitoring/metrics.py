@@ -22,8 +22,8 @@ _LOSS, _NORM, _CLIPPED_NORM, _CLIPPED, _FINITE, _SPIKED = range(6)
 class SpikeScore:
     """train/spike_score: the share of an interval's steps whose loss or gradient norm is more than
     ``sigma`` (population) standard deviations above the mean of the ``window`` finite steps before
-    it, judged once half a window is there; a non-finite step is no spike (it is a skipped step). On the host, at the log step, from the per-step values the meter
-    reads anyway: no device work."""
+    it, judged once half a window is there; a non-finite step is no spike (it is a skipped step).
+    On the host, at the log step, from the per-step values the meter reads anyway: no device work."""
 
     def __init__(self, window: int, sigma: float):
         self.sigma = sigma
@@ -49,13 +49,14 @@ class Meter:
     brings them to the host in one copy, and averages them there. ``clip_stats`` is the clip
     policy's ``clipped_stats``, for the policies that leave a step's post-clip norm to the log step;
     ``spikes``: the steps carry guard.skip's flag, counted in train/skipped_spikes; ``spike_window``
-    and ``spike_sigma``: train/spike_score's (SpikeScore).
+    and ``spike_sigma``: train/spike_score's (SpikeScore); ``check_ranks``: log.check_ranks's comparison.
     """
 
     def __init__(self, device: torch.device, capacity: int,
                  clip_stats: Callable[[list[float]], tuple[list[float], list[bool]]] | None = None,
-                 spikes: bool = False, spike_window: int = 100, spike_sigma: float = 3.0):
+                 spikes: bool = False, spike_window: int = 100, spike_sigma: float = 3.0, check_ranks: bool = False):
         self.device, self.capacity, self.clip_stats, self.spikes = device, capacity, clip_stats, spikes
+        self.check_ranks = check_ranks
         self.spike_score = SpikeScore(spike_window, spike_sigma)
         self.results: list[StepResult] = []
         # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._SPIKED.
@@ -83,16 +84,18 @@ class Meter:
         self.samples += samples
         self.tokens += tokens
 
-    def columns(self, across_ranks: bool = False) -> tuple[list[list[float]], list[float]]:
-        """The interval's values so far on the host, one list per row (_LOSS.._SPIKED), and each
-        step's largest loss of any rank (restored steps: as saved); a host sync.
+    def columns(self, across_ranks: bool = False) -> tuple[list[list[float]], list[float], list[tuple]]:
+        """The interval's values so far on the host, one list per row (_LOSS.._SPIKED), each step's
+        largest loss of any rank (restored steps: as saved), and with check_ranks the ranks whose
+        norms differ from rank 0's (distributed.differing_ranks; steps counted in the interval); a
+        host sync.
 
         across_ranks: each step's values averaged over the ranks (the losses differ; norms and
         flags are the same on every rank, as gradients are all-reduced before they are measured).
         """
         rows = [list(r) for r in self.restored]
         if not self.results:
-            return rows, rows[_LOSS]
+            return rows, rows[_LOSS], []
         derived = self.results[0].clipped_norm is None
         if derived and self.clip_stats is None:
             raise ConfigError("clip._target_: the policy returned no clipped_norm and has no clipped_stats(norms) "
@@ -100,8 +103,12 @@ class Meter:
         names = ("loss", "norm", "skipped", *(() if derived else ("clipped_norm", "clipped")),
                  *(("spiked",) if self.spikes else ()))
         values = torch.stack([getattr(r, name) for r in self.results for name in names])  # one op for the interval
-        fresh_max = None
+        fresh_max, differing = None, []
         if across_ranks and distributed.world().size > 1:
+            if self.check_ranks:  # each rank's own norms, before the mean makes them alike
+                restored = len(rows[_LOSS])
+                differing = [(rank, restored + i, *pair) for rank, i, *pair
+                             in distributed.differing_ranks(values[1::len(names)].tolist())]
             # Each step's largest loss of any rank (torchtitan logs the global max loss), then the means.
             fresh_max = distributed.all_reduce_max(values.clone()).tolist()[0::len(names)]
             values = distributed.all_reduce_sum(values) / distributed.world().size
@@ -110,7 +117,7 @@ class Meter:
         clipped_norm, clipped = self.clip_stats(row["norm"]) if derived else (row["clipped_norm"], row["clipped"])
         fresh = (row["loss"], row["norm"], clipped_norm, [float(c) for c in clipped], [1.0 - s for s in row["skipped"]],
                  row.get("spiked", [0.0] * len(self.results)))
-        return [old + new for old, new in zip(rows, fresh)], rows[_LOSS] + (fresh_max or row["loss"])
+        return [old + new for old, new in zip(rows, fresh)], rows[_LOSS] + (fresh_max or row["loss"]), differing
 
     def state_dict(self) -> dict[str, object]:
         per_step = torch.zeros(6, self.capacity)  # the layout of checkpoints since 6cfab1e, and a row
@@ -144,7 +151,7 @@ class Meter:
         where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
         usually finite and counts; its norm is not. Skipped steps are counted instead.
         """
-        cols, step_max = self.columns(across_ranks=True)
+        cols, step_max, differing = self.columns(across_ranks=True)
         finite_max = [x for x in step_max if not math.isnan(x)]
         loss_sum, loss_n, norm_sum, clipped_norm_sum, clipped_n, ok_n = self.carried
         for i in range(self.counted_from, self.steps):
@@ -177,7 +184,7 @@ class Meter:
         }
         if self.spikes:
             out["train/skipped_spikes"] = self.spiked_total
-        per_step = {"loss": cols[_LOSS], "norm": cols[_NORM]}
+        per_step = {"loss": cols[_LOSS], "norm": cols[_NORM], "differing_ranks": differing}
         self.carried, self.counted_from = [0.0] * 6, 0
         self.results, self.restored = [], [[] for _ in range(6)]
         self.steps = self.samples = self.tokens = 0
