@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # gigabytes of CUDA wheels onto CPU machines.
 TORCH  := torch==2.13.0
 
-.PHONY: install train test test-fast bench bench-startup gpu-check gpu-wheels docs clean
+.PHONY: install train test test-fast bench bench-startup stability gpu-check gpu-wheels docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ endif
 # --help, config errors and a one-step run, each a whole process (median of 7); about two minutes.
 bench-startup: install
 	$(BIN)/python benchmarks/startup.py $(ARGS)
+
+# The instability benchmark (recipes/stability.md): 84 runs of the default GPT, about 50 minutes on
+# 2 CPU cores, then one row per policy. OUT=DIR keeps the runs elsewhere. A sweep whose jobs fail
+# (the spike guard gives up on a diverged run: exit code 1) still goes on to the report ("-").
+OUT ?= multirun/stability
+stability: install
+	-$(BIN)/trainer train -m +recipes=stability hydra.sweep.dir=$(OUT)/policies
+	-$(BIN)/trainer train -m +recipes=stability clip=norm clip.controller=true guard.skip=false hydra.sweep.dir=$(OUT)/controller
+	-$(BIN)/trainer train -m +recipes=stability clip=norm guard.spike=true guard.skip=false hydra.sweep.dir=$(OUT)/guard
+	$(BIN)/trainer report --stability $(OUT)
 
 # Every check that needs a GPU (see "Performance": the GPU plan). On the lent GPU machine, which has
 # torch but no internet: `make gpu-wheels` here first, then carry .whl/ and run `make gpu-check` there.

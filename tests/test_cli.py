@@ -252,13 +252,13 @@ def test_own_config_dir_with_recipes_ours_and_yours(tmp_path, form):
     out = run_cli("train", *where, "+recipes=mien")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: recipes=mien: no such option in group 'recipes' "
-        "(choose from bert-finetune, clip-sweep, fp16-vs-bf16, gpt-text, mine, unpackaged)"]
+        "(choose from bert-finetune, clip-sweep, fp16-vs-bf16, gpt-text, mine, stability, unpackaged)"]
     out = run_cli("train", *where, "+recipes=unpackaged", f"hydra.run.dir={tmp_path / 'refused'}")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "the recipe's keys landed under 'recipes.'" in out.stderr and "# @package _global_" in out.stderr
     out = run_cli("train", *where, "--help")
     assert "model: bert, gpt, hf, small" in out.stdout and "recipes: bert-finetune, clip-sweep, fp16-vs-bf16, gpt-text, " \
-        "mine, unpackaged" in out.stdout
+        "mine, stability, unpackaged" in out.stdout
 
 
 @pytest.mark.integration

@@ -6,6 +6,7 @@ them. The best run (lowest best eval loss) is marked.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from pathlib import Path
@@ -36,16 +37,24 @@ def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in a run dir's events, by tag, as (step, value): TensorBoard's own reader, all
     events kept (no sampling). The one place trainer opens event files."""
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    acc.Reload()
+    # A rollback (guard.spike) logs steps again from the checkpoint's; the reader keeps the redone
+    # ones, as wanted, and warns about "a TensorFlow restart" on stderr, which would only mislead.
+    tb_log = logging.getLogger("tensorboard")
+    level = tb_log.level
+    tb_log.setLevel(logging.ERROR)
+    try:
+        acc.Reload()
+    finally:
+        tb_log.setLevel(level)
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def _name(run: Path, root: Path) -> str:
+def run_name(run: Path, root: Path) -> str:
     """A run's name in the report: its path under root, else as given."""
     return str(run.relative_to(root)) if run != root and run.is_relative_to(root) else str(run)
 
 
-def _overrides(run: Path) -> str:
+def run_overrides(run: Path) -> str:
     """The run's command-line overrides, from the file Hydra writes beside it."""
     path = run / ".hydra" / "overrides.yaml"
     if not path.is_file():
@@ -72,8 +81,8 @@ def summarize(run: Path, root: Path) -> dict[str, object]:
     speeds = values("perf/tokens_per_sec")
     fractions = values("train/clip_fraction")
     return {
-        "run": _name(run, root),
-        "overrides": _overrides(run),
+        "run": run_name(run, root),
+        "overrides": run_overrides(run),
         "final eval loss": last("eval/loss"),
         "best eval loss": min(evals) if evals else math.nan,
         "final train loss": last("train/loss"),
@@ -103,7 +112,7 @@ def report(paths: list[Path]) -> list[dict[str, object]]:
             rows.append({**summarize(run, root), "note": ""})
         except ConfigError as e:
             empty.append(e)
-            rows.append({**dict.fromkeys(COLUMNS), "run": _name(run, root), "overrides": _overrides(run), "note": NO_SCALARS})
+            rows.append({**dict.fromkeys(COLUMNS), "run": run_name(run, root), "overrides": run_overrides(run), "note": NO_SCALARS})
     if len(empty) == len(rows):
         raise empty[0]
     scored = [r for r in rows if r["best eval loss"] is not None and math.isfinite(r["best eval loss"])]
@@ -159,7 +168,7 @@ def plot(paths: list[Path], rows: list[dict[str, object]], out: Path,
     return {title: len(ax.lines) for ax, (_, title) in zip(axes.flat, PLOTS, strict=True)}
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -185,7 +194,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
     for column in COLUMNS[2:]:
         table.add_column(SHORT.get(column, column), justify="right")
     for r, name in zip(rows, names, strict=True):
-        table.add_row(("* " if r["best"] else "") + name, *[_cell(r[c]) for c in COLUMNS[2:]])
+        table.add_row(("* " if r["best"] else "") + name, *[cell(r[c]) for c in COLUMNS[2:]])
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
