@@ -23,18 +23,18 @@ SIGMA, WINDOW = 3.0, 8
 
 def reference(steps, sigma=SIGMA, window=WINDOW):
     """Each step's spike flag, by the rule in plain Python: judged against the sample mean and
-    standard deviation of the last `window` good steps' losses and norms, once half of it is there;
-    a non-finite step is skipped as such, not as a spike."""
-    good, flags = deque(maxlen=window), []
+    standard deviation of the last `window` finite steps' losses and norms (spiked ones too, as
+    OLMo-core's), once half of it is there; a non-finite step is skipped as such, not as a spike."""
+    held, flags = deque(maxlen=window), []
     for loss, norm in steps:
         spiked = False
-        if len(good) >= max(2, window // 2) and math.isfinite(norm):
+        if len(held) >= max(2, window // 2) and math.isfinite(norm):
             for i, x in enumerate((loss, norm)):
-                held = [g[i] for g in good]
-                spiked |= x - statistics.fmean(held) > sigma * statistics.stdev(held)
+                past = [h[i] for h in held]
+                spiked |= x - statistics.fmean(past) > sigma * statistics.stdev(past)
         flags.append(spiked)
-        if not spiked and math.isfinite(norm):
-            good.append((loss, norm))
+        if math.isfinite(norm):
+            held.append((loss, norm))
     return flags
 
 
@@ -68,6 +68,20 @@ def test_spikes_are_flagged_as_the_plain_python_rule_says():
     expected = reference(steps)
     assert expected[15] and expected[22] and not expected[2]  # the script does what it says
     assert sum(expected) == 2
+    assert flags(SkipStep(SIGMA, WINDOW, CPU), steps) == expected
+
+
+@pytest.mark.unit
+def test_a_lasting_rise_is_skipped_for_a_while_then_trained_on():
+    """The loss settles 10x higher (a run diverging, as in the instability benchmark): the first
+    steps of the new level are spikes, then the window has taken them in and steps apply again.
+    A window of good steps only flagged every step after the rise, and the run never moved again."""
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.rand(60, 2, generator=gen).tolist()
+    steps = [(2.0 + 0.1 * a, 1.0 + 0.1 * b) for a, b in noise[:20]]
+    steps += [(20.0 + a, 10.0 + b) for a, b in noise[20:]]
+    expected = reference(steps)
+    assert expected[20] and not any(expected[30:])  # skipped at first, not for good
     assert flags(SkipStep(SIGMA, WINDOW, CPU), steps) == expected
 
 

@@ -391,8 +391,8 @@ class GuardConfig:
     skip: bool = _doc("skip-step (see \"Skip-step\"): an update whose loss or gradient norm spikes is not applied, "
                       "decided on the device; counted in `train/skipped_spikes`")
     skip_sigma: float = _positive("with guard.skip: a loss or norm above mean + skip_sigma × std of the window spikes")
-    skip_window: int = _checked(lambda v: v >= 4, "must be >= 4", "with guard.skip: the good steps the mean and "
-                                "std are taken over (judged once half of it has been seen)")
+    skip_window: int = _checked(lambda v: v >= 4, "must be >= 4", "with guard.skip: the finite steps (skipped "
+                                "spikes too) the mean and std are taken over (judged once half of it has been seen)")
 
 
 @dataclass

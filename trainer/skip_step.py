@@ -2,11 +2,12 @@
 
 OLMo-core's SkipStepOptimizer, with the statistics and the decision kept on the device: a step
 whose loss or total gradient norm is more than ``sigma`` standard deviations above the mean of
-the last ``window`` good steps (once half a window has been seen) is flagged, and the flag joins
+the last ``window`` finite steps (once half a window has been seen) is flagged, and the flag joins
 the non-finite flag as the ``found_inf`` fused optimizers take, so the update is skipped with no
-host sync, weights and optimizer state untouched. Unlike OLMo-core's window, which holds every
-step, this one holds good steps only: a spike does not widen the band that judges the next one.
-The standard deviation is the sample one (n - 1), as torch.std_mean gives OLMo-core. With more
+host sync, weights and optimizer state untouched. As in OLMo-core, a skipped spike still joins the
+window: a window of good steps only never takes in a lasting rise of the loss, and then skips
+every step after it for good, a run frozen (the instability benchmark showed it:
+recipes/stability.md). The standard deviation is the sample one (n - 1), as torch.std_mean gives OLMo-core. With more
 than one process the loss judged is the mean over the ranks, so that every rank skips alike.
 """
 
@@ -22,7 +23,7 @@ from trainer import distributed
 class SkipStep:
     def __init__(self, sigma: float, window: int, device: torch.device):
         self.sigma, self.window = float(sigma), int(window)
-        # The last good steps' [loss, norm], a ring; their running sum and sum of squares; how many
+        # The last finite steps' [loss, norm], a ring; their running sum and sum of squares; how many
         # it holds (at most window) and the slot the next one goes to: all on the device, in float64
         # (a variance from running sums keeps its digits), shaped so that no step needs a cast or view.
         f64 = dict(dtype=torch.float64, device=device)
@@ -39,7 +40,7 @@ class SkipStep:
     def __call__(self, loss: torch.Tensor, norm: torch.Tensor, found_inf: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's spike flag, and the flag to skip it on (spiked or not finite): 1.0 or 0.0,
-        device tensors. A good step joins the window.
+        device tensors. A finite step joins the window, spiked or not.
 
         found_inf: the step's non-finite flag; such a step is skipped as that, is no spike, and
         never joins. About forty small ops (trainer bench --variant guard.skip=true), no host sync."""
@@ -57,18 +58,18 @@ class SkipStep:
         spike = spike & (self.count >= max(2, self.window // 2))
         spiked = spike * (1 - found_inf)
         skip = spiked + found_inf  # the two never both
-        good = skip == 0
+        finite = found_inf == 0
         old = self.values.index_select(0, self.head)[0]
-        new = torch.where(good, x, old)
+        new = torch.where(finite, x, old)
         self.sum += new - old
         self.sumsq += new * new - old * old
         self.values.index_copy_(0, self.head, new[None])
-        self.head = (self.head + good) % self.window
-        self.count = (self.count + good).clamp(max=self.window)
+        self.head = (self.head + finite) % self.window
+        self.count = (self.count + finite).clamp(max=self.window)
         return spiked, skip
 
     def recent(self) -> list[list[float]]:
-        """The window's good [loss, norm] pairs, oldest first (a host sync)."""
+        """The window's [loss, norm] pairs, oldest first (a host sync)."""
         return _in_order(self.values, int(self.count), int(self.head))
 
     def state_dict(self) -> dict[str, object]:
@@ -76,7 +77,7 @@ class SkipStep:
         return {"values": self.values, "count": self.count, "head": self.head}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        """The most recent good steps that fit this window (guard.skip_window may have changed)."""
+        """The most recent steps that fit this window (guard.skip_window may have changed)."""
         recent = _in_order(state["values"], int(state["count"]), int(state["head"]))[-self.window:]
         self.values.zero_()
         if recent:
