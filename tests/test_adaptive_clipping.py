@@ -173,9 +173,10 @@ def test_agc_exclude_leaves_matching_parameters_alone():
 def test_controller_decisions_on_a_scripted_sequence():
     c = Controller(patience=3, lr_factor=0.5, relax_after=4, percentile=50.0, warmup_steps=2)
     max_norm = 1.0
-    script = [0.95, 0.95, 0.95,  # 3 in a row above 0.9: lower the lr at step 3
-              0.95, 2.0, 0.95,   # 3 more in a row: lower again at step 6
-              0.2, 0.4, 0.6,     # quiet (no clip since step 6)...
+    script = [3.0, 3.0,          # warm-up: no rule counts these
+              0.95, 0.95, 0.95,  # 3 in a row above 0.9: lower the lr at step 5
+              0.95, 2.0, 0.95,   # 3 more in a row: lower again at step 8
+              0.2, 0.4, 0.6,     # quiet (no clip since step 8)...
               0.8]               # ...4th quiet step: relax to the median of the last 4 norms
     decisions = {}
     for step, norm in enumerate(script, 1):
@@ -184,9 +185,9 @@ def test_controller_decisions_on_a_scripted_sequence():
             decisions[step] = d
             if d[0] == "max_norm":
                 max_norm = d[1]
-    assert decisions == {3: ("lr", 0.5), 6: ("lr", 0.5), 10: ("max_norm", pytest.approx(0.5))}
+    assert decisions == {5: ("lr", 0.5), 8: ("lr", 0.5), 12: ("max_norm", pytest.approx(0.5))}
     assert c.lr_scale == 0.25
-    assert c.observe(11, math.nan, max_norm) is None  # a skipped step changes nothing
+    assert c.observe(13, math.nan, max_norm) is None  # a skipped step changes nothing
 
 
 @pytest.mark.integration

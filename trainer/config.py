@@ -277,7 +277,8 @@ class NormClipConfig:
     relax_after: int = _positive(_CONTROLLER + "steps without clipping before max_norm moves; also the window of "
                                  "recent norms")
     percentile: float = _percentile(_CONTROLLER + "max_norm moves to this percentile of the recent norms")
-    warmup_steps: int = _non_negative(_CONTROLLER + "steps before the controller may relax max_norm")
+    warmup_steps: int = _non_negative(_CONTROLLER + "steps before either rule of the controller counts (early "
+                                                    "norms are large at any LR)")
 
 
 @dataclass

@@ -4,9 +4,11 @@ It automates two rules practitioners apply by hand, reading each step's pre-clip
 
 - the norm stays above 0.9 x max_norm for ``patience`` steps in a row: clipping is hiding an LR
   that is too high, so the LR is multiplied by ``lr_factor``;
-- after ``warmup_steps``, nothing was clipped for ``relax_after`` steps: the threshold is doing
-  nothing, so max_norm moves to the ``percentile``-th percentile of the last ``relax_after``
-  norms, where it will catch the next spike.
+- nothing was clipped for ``relax_after`` steps: the threshold is doing nothing, so max_norm
+  moves to the ``percentile``-th percentile of the last ``relax_after`` norms, where it will
+  catch the next spike.
+
+Both wait for ``warmup_steps`` finite steps: early norms are large whatever the LR.
 
 The loop feeds it the per-step norms at each log interval (the one host read of the interval),
 so its decisions take effect from the next interval; each is logged as a line and as the
@@ -47,13 +49,15 @@ class Controller:
             return None
         self.steps += 1
         self.recent.append(norm)
+        if self.steps <= self.warmup_steps:
+            # Neither rule yet: a fresh model's norms are large at any LR (the instability
+            # benchmark: counted from step 1, the LR rule halved a good LR at step 50).
+            return None
         self.high = self.high + 1 if norm > 0.9 * max_norm else 0
         if self.high >= self.patience:
             self.high = 0
             self.lr_scale *= self.lr_factor
             return "lr", self.lr_factor
-        if self.steps <= self.warmup_steps:
-            return None
         self.quiet = 0 if norm > max_norm else self.quiet + 1
         if self.quiet >= self.relax_after:
             self.quiet = 0
