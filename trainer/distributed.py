@@ -57,9 +57,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 def agreed_signal(signum: int | None) -> int | None:
     """The stop signal any rank has received (the largest number), so that all ranks stop together."""
     flag = torch.tensor([signum or 0])  # a CPU tensor: gloo, no device sync
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag) or None
+    return int(all_reduce_max(flag)) or None
 
 
 def all_gather_object(obj: object) -> list[object]:

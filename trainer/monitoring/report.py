@@ -63,11 +63,23 @@ def run_overrides(run: Path) -> str:
     return " ".join(x for x in lines if not x.startswith("hydra."))
 
 
+class NoScalars(ConfigError):
+    """A run dir whose events hold no training scalars (yet)."""
+
+    def __init__(self, run: Path):
+        super().__init__(f"{run}: its events file holds no training scalars (corrupt, empty or not a trainer run)")
+
+
+def root_of(paths: list[Path]) -> Path:
+    """What run names are relative to: the one directory given, else the working directory."""
+    return paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd()
+
+
 def summarize(run: Path, root: Path) -> dict[str, object]:
     """The report row of one run directory."""
     scalars = read_scalars(run)
     if "train/loss" not in scalars:
-        raise ConfigError(f"{run}: its events file holds no training scalars (corrupt, empty or not a trainer run)")
+        raise NoScalars(run)
 
     def values(tag: str) -> list[float]:
         return [v for _, v in scalars.get(tag, [])]
@@ -105,12 +117,12 @@ def report(paths: list[Path]) -> list[dict[str, object]]:
     A run without training scalars gets a row of empty values and a note, unless no run has any:
     then the first such run's error is raised (one path that is not a run is an error).
     """
-    root = paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd()
+    root = root_of(paths)
     rows, empty = [], []
     for run in find_runs(paths):
         try:
             rows.append({**summarize(run, root), "note": ""})
-        except ConfigError as e:
+        except NoScalars as e:
             empty.append(e)
             rows.append({**dict.fromkeys(COLUMNS), "run": run_name(run, root), "overrides": run_overrides(run), "note": NO_SCALARS})
     if len(empty) == len(rows):
@@ -182,9 +194,16 @@ SHORT = {"final eval loss": "final eval", "best eval loss": "best eval", "final 
          "skipped steps": "skipped", "final loss scale": "scale", "tokens/s": "tok/s"}
 
 
+def console():
+    """rich's console; 200 columns wide when stdout is not a terminal, so that a row fits on a line."""
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
+
+
 def print_table(rows: list[dict[str, object]]) -> None:
     """A rich table; overrides that all runs share go in the title, the rest name each row."""
-    from rich.console import Console
     from rich.table import Table
 
     names, shared = labels(rows)
@@ -195,10 +214,8 @@ def print_table(rows: list[dict[str, object]]) -> None:
         table.add_column(SHORT.get(column, column), justify="right")
     for r, name in zip(rows, names, strict=True):
         table.add_row(("* " if r["best"] else "") + name, *[cell(r[c]) for c in COLUMNS[2:]])
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+    out = console()
+    out.print(table)
     for r, name in zip(rows, names, strict=True):
         if r["note"]:
-            console.print(f"note: {name}: {r['note']}")
+            out.print(f"note: {name}: {r['note']}")

@@ -29,13 +29,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from trainer.config import ConfigError
-from trainer.monitoring.report import cell, find_runs, read_scalars, run_name, run_overrides
+from trainer.monitoring.report import (NoScalars, cell, console, find_runs, read_scalars, root_of, run_name,
+                                      run_overrides)
 
 SWEPT = ("optim.lr=", "trainer.seed=")  # the keys a policy's row spans
-
-
-class NoScalars(ConfigError):
-    """A run dir whose events hold no training scalars."""
 
 
 @dataclass
@@ -47,7 +44,6 @@ class Outcome:
     lr: float
     seed: int
     diverged: bool
-    initial_loss: float
     final_eval: float  # the initial loss if diverged
     best_eval: float
     steps: int
@@ -64,7 +60,7 @@ def outcome(run: Path, root: Path) -> Outcome:
     scalars = read_scalars(run)
     losses = [v for _, v in scalars.get("train/loss", [])]
     if not losses:
-        raise NoScalars(f"{run}: its events file holds no training scalars (corrupt, empty or not a trainer run)")
+        raise NoScalars(run)
     config = run / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{config}: missing; --stability reads each run's learning rate, seed and max_steps from it")
@@ -91,7 +87,7 @@ def outcome(run: Path, root: Path) -> Outcome:
     finite_evals = [x for x in evals if math.isfinite(x)]
     return Outcome(
         run=run_name(run, root), policy=" ".join(x for x in run_overrides(run).split() if not x.startswith(SWEPT)),
-        lr=float(cfg.optim.lr), seed=int(cfg.trainer.seed), diverged=diverged, initial_loss=initial,
+        lr=float(cfg.optim.lr), seed=int(cfg.trainer.seed), diverged=diverged,
         final_eval=initial if diverged else final, best_eval=min(finite_evals) if finite_evals else math.nan,
         steps=last_step, spikes=spikes, skipped=last("train/skipped_steps"),
         skipped_spikes=last("train/skipped_spikes"), rollbacks=last("train/rollbacks"),
@@ -159,7 +155,7 @@ def _job_order(run: Path) -> list[object]:
 def outcomes(paths: list[Path]) -> tuple[list[Outcome], list[str]]:
     """Every run's outcome under paths, in the order the sweep ran them, and the runs left out as
     they have no training scalars yet (a sweep still running); if none has any, the first's error."""
-    root = paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd()
+    root = root_of(paths)
     found, empty = [], []
     for run in sorted(find_runs(paths), key=_job_order):
         try:
@@ -172,7 +168,6 @@ def outcomes(paths: list[Path]) -> tuple[list[Outcome], list[str]]:
 
 
 def print_table(rows: list[dict[str, object]], common: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     lrs = sorted({lr for r in rows for lr in r["learning rates"]})
@@ -184,7 +179,4 @@ def print_table(rows: list[dict[str, object]], common: list[str]) -> None:
         table.add_column(column, justify="left" if column == "policy" else "right")
     for r in rows:
         table.add_row(*[cell(r[c]) for c in COLUMNS])
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+    console().print(table)
