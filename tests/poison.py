@@ -1,5 +1,8 @@
 """A data source with one poisoned training sample, and a model whose loss explodes on it."""
 
+import math
+import os
+
 import torch
 from torch.utils.data import Dataset
 
@@ -70,3 +73,24 @@ class HalfNormalGradLM(BigramLM):
         z = torch.randn(())
         return self.out.bias[0] * z * self.SIGMA + 0.0 * super().forward(input_ids).detach()
 
+
+
+class NaNGradLM(BigramLM):
+    """On training forward call n (1-based), the gradients of the parameters $NAN_GRADS names for n
+    ("7=out.bias;23=emb.weight,out.bias") become NaN, and no other's: the loss gains 0 * (p * NaN).sum()
+    for each. The parameters are read in forward, where FSDP2 has them whole, and the setting is an
+    environment variable, which the processes of a distributed run inherit."""
+
+    def __init__(self, **keys):
+        super().__init__(**keys)
+        self.calls = 0
+        self.poisoned = {int(n): names.split(",") for n, names in
+                         (part.split("=") for part in os.environ.get("NAN_GRADS", "").split(";") if part)}
+
+    def forward(self, input_ids):
+        loss = super().forward(input_ids)
+        if self.training:
+            self.calls += 1
+            for name in self.poisoned.get(self.calls, ()):
+                loss = loss + 0.0 * (self.get_parameter(name) * math.nan).sum()
+        return loss

@@ -65,7 +65,10 @@ def test_ops_are_counted_per_step_and_cpu_ratios_are_paired(tmp_path):
     rare = make_config(*PRESETS["tiny"]["overrides"], "trainer.max_steps=50", "trainer.log_every=50")
     assert bench.ops_per_step("trainer", build(rare), 20, tmp_path / "rare")[0] > again[0]
     for kind in (0, 1):  # every event, top-level alone
-        assert count["trainer clip=none"][kind] < count["trainer"][kind] and count["raw"][kind] < count["trainer"][kind]
+        assert count["trainer clip=none"][kind] < count["trainer"][kind]
+    # Of every event, trainer's metrics add to the raw loop's; top-level, trainer's clip runs fewer
+    # than clip_grad_norm_, which calls `to` on each tensor's norm (a no-op on one device).
+    assert count["raw"][0] < count["trainer"][0] and count["raw"][1] > count["trainer"][1]
     # ratios within each repeat (2, 3, 2, 3), not of medians (3.5 / 1.5)
     assert bench.paired_ratio([2.0, 3.0, 4.0, 9.0], [1.0, 1.0, 2.0, 3.0]) == (2.5, 2.0, 3.0)
 
@@ -76,7 +79,8 @@ def test_the_loop_adds_only_the_skip_flag_and_the_log_read_to_the_raw_loop(tmp_p
     every 10 steps) over 20 steps. What trainer dispatches beyond the hand-written loop, op by op:
     the loss's detach and the non-finite flag (sub, ne_) each step; fused AdamW's own bookkeeping
     for that flag (per param group a no-op `to` and a `_foreach_sub_` from every step count, which
-    on a CPU loops one `sub_` per tensor); one stack per log interval (with a view per value).
+    on a CPU loops one `sub_` per tensor); one stack per log interval (with a view per value). Net,
+    trainer runs fewer top-level ops than the raw loop: its clip skips clip_grad_norm_'s `to` per tensor.
     Any other op, or more of these, fails: the meter's old per-step stack, isfinite, clamp or mul."""
     from trainer.commands.bench import PRESETS
 
@@ -98,8 +102,9 @@ def test_the_loop_adds_only_the_skip_flag_and_the_log_read_to_the_raw_loop(tmp_p
     assert added_top.keys() <= top.keys() and all(n <= top[op] for op, n in added_top.items()), added_top
     allowed = {**top, **nested}
     assert added.keys() <= allowed.keys() and all(n <= allowed[op] for op, n in added.items()), added
-    # the issue's figure: at most 20 more top-level ops per step (here 7.2: 3 of ours, 4 of fused AdamW's)
-    assert sum(added_top.values()) / steps <= 7.5
+    # the issue's figure: at most 20 more top-level ops per step (here 5.3: 3 of ours, 2 of fused
+    # AdamW's; its `to` is offset by the 14 that clip_grad_norm_ runs and trainer's clip does not)
+    assert sum(added_top.values()) / steps <= 5.5
 
 
 @pytest.mark.unit

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from trainer import distributed
-from trainer.clipping import ClipResult, _grads, scale_to_norm, total_norm
+from trainer.clipping import ClipResult, TensorNorms, _grads, measure, present, scale_to_norm, total_norm
 
 
-def _clip_to(params: list[torch.Tensor], norm: torch.Tensor, target: torch.Tensor) -> ClipResult:
+def _clip_to(params: list[torch.Tensor], norm: torch.Tensor, target: torch.Tensor,
+             tensors: TensorNorms | None) -> ClipResult:
     """Scale all gradients so their total L2 norm is at most target (a tensor; inf: leave them)."""
     coef = scale_to_norm(params, norm, target)
-    return ClipResult(norm, norm * coef, coef < 1.0)
+    return ClipResult(norm, norm * coef, coef < 1.0, tensors)
 
 
 class ZClip:
@@ -43,7 +44,7 @@ class ZClip:
         self.var: torch.Tensor | None = None
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = total_norm(_grads(params), 2.0)
+        norm, tensors = measure(params, 2.0)
         finite = torch.isfinite(norm)
         if self.buffer is None:
             self.buffer = torch.full((self.warmup_steps,), math.nan, device=norm.device)
@@ -54,7 +55,7 @@ class ZClip:
             if self.calls == self.warmup_steps:
                 self.mean = torch.nanmean(self.buffer)
                 self.var = torch.nanmean((self.buffer - self.mean) ** 2)
-            return _clip_to(params, norm, cap)
+            return _clip_to(params, norm, cap, tensors)
         self.calls += 1
         std = self.var.sqrt()
         z = (norm - self.mean) / (std + self.eps)
@@ -65,7 +66,7 @@ class ZClip:
         mean = self.alpha * self.mean + (1 - self.alpha) * seen
         var = self.alpha * self.var + (1 - self.alpha) * (seen - mean) ** 2
         self.mean, self.var = torch.where(finite, mean, self.mean), torch.where(finite, var, self.var)
-        return _clip_to(params, norm, target)
+        return _clip_to(params, norm, target, tensors)
 
     def state_dict(self) -> dict[str, object]:
         return {"calls": self.calls, "buffer": self.buffer, "mean": self.mean, "var": self.var}
@@ -88,12 +89,12 @@ class AutoClip:
         self.norms: torch.Tensor | None = None
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = total_norm(_grads(params), 2.0)
+        norm, tensors = measure(params, 2.0)
         if self.norms is None:
             self.norms = torch.full((self.size,), math.nan, device=norm.device)
         self.norms[self.calls % self.size] = torch.where(torch.isfinite(norm), norm, math.nan)
         self.calls += 1
-        return _clip_to(params, norm, torch.nanquantile(self.norms, self.q))
+        return _clip_to(params, norm, torch.nanquantile(self.norms, self.q), tensors)
 
     def state_dict(self) -> dict[str, object]:
         return {"calls": self.calls, "norms": self.norms}
@@ -131,8 +132,8 @@ class AGC:
                          if any(fnmatch.fnmatch(name, pat) for pat in self.exclude)}
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        norm, tensors = measure(params, 2.0)
         grads = _grads(params)
-        norm = total_norm(grads, 2.0)
         clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
         for p in params:
             if p.grad is None or id(p) in self.excluded:
@@ -142,7 +143,7 @@ class AGC:
             trigger = grad_norm > max_norm
             p.grad.mul_(torch.where(trigger, max_norm / grad_norm.clamp(min=1e-6), 1.0))
             clipped |= trigger.any()
-        return ClipResult(norm, total_norm(grads, 2.0), clipped)
+        return ClipResult(norm, total_norm(grads, 2.0), clipped, tensors)
 
 
 def tensor_norms(grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -199,7 +200,7 @@ class AdaGC:
                                self.beta * self.reference + (1 - self.beta) * entered)
             clipped = over.any()
         self.reference = torch.where(finite, seen, self.reference)
-        return ClipResult(norm, torch.linalg.vector_norm(clipped_norms), clipped)
+        return ClipResult(norm, torch.linalg.vector_norm(clipped_norms), clipped, TensorNorms(norms, present(params, grads)))
 
     def state_dict(self) -> dict[str, object]:
         return {"calls": self.calls, "reference": self.reference}

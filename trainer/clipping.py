@@ -10,6 +10,10 @@ A policy whose post-clip norm follows from the pre-clip norm and settings that h
 log interval (``NormClip``, ``NoClip``) returns None for both and gives them for all the
 interval's steps at once at the log step (``clipped_stats``): the step then runs no op beyond
 torch's own clip_grad_norm_.
+
+Every built-in policy also returns each gradient tensor's norm (TensorNorms), a step of the work
+the total norm does anyway, kept by reference: a log step names the tensors of a step whose
+gradients were not finite from them (monitoring/nonfinite.py), and good steps pay nothing for it.
 """
 
 from __future__ import annotations
@@ -22,20 +26,27 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from trainer.controller import Controller
 
 
+class TensorNorms(NamedTuple):
+    """Each gradient tensor's norm before clipping, in the order of the parameters that had one."""
+
+    norms: torch.Tensor  # stacked; under FSDP a DTensor whose full_tensor() reduces the shards' norms
+    present: tuple[int, ...] | None  # the positions in params of those parameters; None: every one
+
+
 class ClipResult(NamedTuple):
     norm: torch.Tensor  # total gradient norm before clipping (norm_type of the policy, else L2)
     clipped_norm: torch.Tensor | None = None  # the same norm after clipping; None: see clipped_stats
     clipped: torch.Tensor | None = None  # bool: did clipping change the gradients; None: see clipped_stats
+    tensors: TensorNorms | None = None  # each tensor's norm, to name non-finite ones; None: not measured
 
 
-def total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """get_total_norm (foreach), as one plain tensor equal on every rank.
+def _plain(norm: torch.Tensor) -> torch.Tensor:
+    """A norm as one plain tensor equal on every rank.
 
-    Under FSDP the gradients are DTensor shards and get_total_norm gives a DTensor whose
-    full_tensor() reduces the shards' norms across ranks: the true global norm (as torchtitan's
-    clip_grad_norm_ does). Under DDP the gradients are already all-reduced, so every rank has it.
+    Under FSDP the gradients are DTensor shards, and a norm of them is a DTensor whose full_tensor()
+    reduces the shards' norms across ranks: the true global norm (as torchtitan's clip_grad_norm_
+    does). Under DDP the gradients are already all-reduced, so every rank has it.
     """
-    norm = get_total_norm(grads, norm_type, foreach=True)
     if type(norm) is torch.Tensor:  # one process, or DDP: DTensor is not imported (a second of start-up)
         return norm
     from torch.distributed.tensor import DTensor
@@ -43,8 +54,32 @@ def total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tenso
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
+def total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
+    """get_total_norm (foreach), as one plain tensor equal on every rank."""
+    return _plain(get_total_norm(grads, norm_type, foreach=True))
+
+
 def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
     return [p.grad for p in params if p.grad is not None]
+
+
+def present(params: list[torch.Tensor], grads: list[torch.Tensor]) -> tuple[int, ...] | None:
+    """TensorNorms.present: the positions of the parameters with a gradient, when some have none."""
+    return None if len(grads) == len(params) else tuple(i for i, p in enumerate(params) if p.grad is not None)
+
+
+def measure(params: list[torch.Tensor], norm_type: float = 2.0) -> tuple[torch.Tensor, TensorNorms | None]:
+    """The gradients' total norm, as total_norm, and each tensor's norm on the way.
+
+    The same three ops as torch's get_total_norm (one _foreach_norm, a stack, a vector_norm) on
+    gradients on one device (build puts the model on one), so the total is the same bits; it keeps
+    the stacked per-tensor norms, which get_total_norm drops.
+    """
+    grads = _grads(params)
+    if not grads:
+        return total_norm(grads, norm_type), None
+    each = torch.stack(torch._foreach_norm(grads, norm_type))
+    return _plain(torch.linalg.vector_norm(each, norm_type)), TensorNorms(each, present(params, grads))
 
 
 def scale_to_norm(params: list[torch.Tensor], norm: torch.Tensor, max_norm: float | torch.Tensor) -> torch.Tensor:
@@ -56,11 +91,11 @@ def scale_to_norm(params: list[torch.Tensor], norm: torch.Tensor, max_norm: floa
     return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
 
-def clip_by_norm(params: list[torch.Tensor], max_norm: float, norm_type: float) -> torch.Tensor:
+def clip_by_norm(params: list[torch.Tensor], max_norm: float, norm_type: float) -> tuple[torch.Tensor, TensorNorms | None]:
     """torch's clip_grad_norm_ (foreach), in two parts so the norm is returned as a tensor."""
-    norm = total_norm(_grads(params), norm_type)
+    norm, tensors = measure(params, norm_type)
     clip_grads_with_norm_(params, max_norm, norm, foreach=True)
-    return norm
+    return norm, tensors
 
 
 class NormClip:
@@ -83,7 +118,8 @@ class NormClip:
         self._clip = torch.compile(clip_by_norm)
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        return ClipResult(self._clip(params, self.max_norm, self.norm_type))
+        norm, tensors = self._clip(params, self.max_norm, self.norm_type)
+        return ClipResult(norm, tensors=tensors)
 
     def clipped_stats(self, norms: list[float]) -> tuple[list[float], list[bool]]:
         """Post-clip norms and clipped flags of an interval's steps, from their pre-clip norms (on the
@@ -110,18 +146,19 @@ class ValueClip:
         self.clip_value = float(clip_value)
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        norm, tensors = measure(params, 2.0)
         grads = _grads(params)
-        norm = total_norm(grads, 2.0)
         clipped = total_norm(grads, float("inf")) > self.clip_value
         torch.nn.utils.clip_grad_value_(params, self.clip_value, foreach=True)
-        return ClipResult(norm, total_norm(grads, 2.0), clipped)
+        return ClipResult(norm, total_norm(grads, 2.0), clipped, tensors)
 
 
 class NoClip:
     """Leave gradients as they are; still measure their L2 norm."""
 
     def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        return ClipResult(total_norm(_grads(params), 2.0))
+        norm, tensors = measure(params, 2.0)
+        return ClipResult(norm, tensors=tensors)
 
     def clipped_stats(self, norms: list[float]) -> tuple[list[float], list[bool]]:
         return norms, [False] * len(norms)

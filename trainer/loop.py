@@ -21,6 +21,7 @@ from trainer.checkpointing import state
 from trainer.build import Run, unwrap
 from trainer.checkpointing.checkpointer import Checkpointer
 from trainer.controller import steer
+from trainer.monitoring import nonfinite
 from trainer.monitoring.display import Display
 from trainer.evaluate import EvalHistory, evaluate
 from trainer.guard import Diverged, SpikeGuard
@@ -145,13 +146,16 @@ class Totals:
 
 def log_interval(run: Run, step: int, lr: float, m: dict[str, float], per_step: dict[str, list], logger: Logger,
                  display: Display, guard: SpikeGuard | None, probe: LayerProbe | None, totals: Totals) -> None:
-    """A checked log interval: ranks that disagree (log.check_ranks), the clip controller's decisions,
-    then every metric to TensorBoard and the display; a collapsed fp16 loss scale stops the run."""
+    """A checked log interval: ranks that disagree (log.check_ranks), the tensors of a step skipped for
+    non-finite gradients, the clip controller's decisions, then every metric to TensorBoard and the
+    display; a collapsed fp16 loss scale stops the run."""
     totals.clipped = m.pop("clipped_total")
     norms = per_step["norm"]
     for rank, i, theirs, ref in per_step["differing_ranks"]:
         display.note(f"log.check_ranks: rank {rank}'s gradient norm at step {step - len(norms) + 1 + i} is "
                      f"{theirs:.8g}, rank 0's {ref:.8g}: the ranks do not hold the same gradients")
+    if per_step["skipped"]:
+        display.note(nonfinite.describe(unwrap(run.model), run.params, step - len(norms) + 1, per_step["skipped"]))
     if getattr(run.clip, "controller", None):
         steer(run.clip, run.schedule, step - len(norms) + 1, norms, display.note)
     m.update(policy_metrics(run, lr, guard, probe))

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from trainer.clipping import ClipResult
+from trainer.clipping import ClipResult, TensorNorms
 from trainer.monitoring.layers import LayerProbe
 from trainer.precision import Precision
 from trainer.skip_step import SkipStep
@@ -29,6 +29,7 @@ class StepResult(NamedTuple):
     clipped: torch.Tensor | None  # bool: did clipping change the gradients; None as clipped_norm
     skipped: torch.Tensor  # 1.0 when the gradients were not finite and the update was skipped, else 0.0
     spiked: torch.Tensor | None = None  # with guard.skip: 1.0 when the update was skipped as a spike
+    tensors: TensorNorms | None = None  # each gradient tensor's norm (the clip's), to name non-finite ones
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -93,4 +94,4 @@ def train_step(
     if probe:
         probe.measure_updates()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum, result.norm, result.clipped_norm, result.clipped, skipped, spiked)
+    return StepResult(loss_sum, result.norm, result.clipped_norm, result.clipped, skipped, spiked, result.tensors)

@@ -144,8 +144,11 @@ class Meter:
         else:  # an older checkpoint: running sums of the steps so far, and their losses and norms
             self.carried, self.counted_from = state["sums"].tolist(), self.steps
 
-    def read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
+    def read(self) -> tuple[dict[str, float], dict[str, list]]:
         """Averages since the last read, and each step's loss and norm; then reset. One wait for the device.
+
+        Besides: "differing_ranks" (see columns) and "skipped", (index in the interval, TensorNorms)
+        of each step skipped for non-finite gradients since the last read (monitoring/nonfinite.py).
 
         Non-finite values would turn every average into inf/NaN, so each average is over the steps
         where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
@@ -184,7 +187,9 @@ class Meter:
         }
         if self.spikes:
             out["train/skipped_spikes"] = self.spiked_total
-        per_step = {"loss": cols[_LOSS], "norm": cols[_NORM], "differing_ranks": differing}
+        first = len(cols[_LOSS]) - len(self.results)  # the results follow the steps a checkpoint restored
+        skipped = [(first + i, r.tensors) for i, r in enumerate(self.results) if not cols[_FINITE][first + i]]
+        per_step = {"loss": cols[_LOSS], "norm": cols[_NORM], "differing_ranks": differing, "skipped": skipped}
         self.carried, self.counted_from = [0.0] * 6, 0
         self.results, self.restored = [], [[] for _ in range(6)]
         self.steps = self.samples = self.tokens = 0
