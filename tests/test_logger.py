@@ -1,5 +1,9 @@
 """The logger: what a log step writes, read back with TensorBoard's own readers."""
 
+import os
+import socket
+import time
+
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from torch.utils.tensorboard import SummaryWriter
@@ -40,3 +44,22 @@ def test_a_log_step_is_one_event_holding_what_add_scalar_would_write(tmp_path):
     assert [(e.step, len(e.summary.value)) for e in ours] == [(10, 4), (20, 4)]
     theirs = events(tmp_path / "add_scalar")
     assert [v for e in ours for v in e.summary.value] == [v for e in theirs for v in e.summary.value]
+
+
+def test_a_resumed_runs_events_sort_after_the_interrupted_runs_in_the_same_second(tmp_path):
+    """TensorBoard reads a dir's files in name order, and the per-process counter at the end of a
+    name compares as text: an interrupted run's file stamped this second (here the next, so that the
+    test does not depend on the clock) with counter 9999 sorted after a resumed run's, whose
+    purge_step then dropped nothing and the old file's dropped the new steps (only 1..6 left)."""
+    run = build(make_config(*TINY))
+    first = Logger(run, tmp_path, start_step=0, main=True)
+    for step in range(1, 7):
+        first.log(step, {"train/loss": float(step)})
+    first.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    path.rename(tmp_path / f"events.out.tfevents.{int(time.time()) + 1}.{socket.gethostname()}.{os.getpid()}.9999")
+    resumed = Logger(run, tmp_path, start_step=6, main=True)
+    for step in range(7, 13):
+        resumed.log(step, {"train/loss": float(step)})
+    resumed.close()
+    assert read_scalars(tmp_path)["train/loss"] == [(s, float(s)) for s in range(1, 13)]

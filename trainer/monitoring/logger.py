@@ -7,6 +7,7 @@ list, `trainer report` and the HPARAMS tab all rely on); other ranks hold no wri
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -29,6 +30,20 @@ HPARAM_METRICS = {
 }
 
 
+def wait_to_sort_last(run_dir: Path) -> None:
+    """Return once a new event file in run_dir will sort after those there.
+
+    TensorBoard reads a dir's event files in name order: the second each was opened, the host, the
+    pid, then a per-process counter compared as text (".10" before ".9"). A file opened in the same
+    second as one there could sort before it, and the older file's purge_step would then drop the
+    newer steps: so wait for a later second. Only a resume in the same process and second as the
+    run it resumes (the tests' in-process resumes) ever waits.
+    """
+    seconds = [int(part) for p in run_dir.glob("events.out.tfevents.*") if (part := p.name.split(".")[3]).isdigit()]
+    if seconds and (wait := max(seconds) + 1 - time.time()) > 0:
+        time.sleep(wait)
+
+
 class Logger:
     def __init__(self, run: Run, run_dir: Path, start_step: int, main: bool):
         self.every, self.max_steps = run.cfg.trainer.log_every, run.cfg.trainer.max_steps
@@ -39,6 +54,7 @@ class Logger:
             OmegaConf.save(run.cfg, run_dir / "config.yaml", resolve=True)
             # purge_step makes TensorBoard drop what an interrupted run logged after the checkpoint, or
             # (a fresh start in a dir a killed run left events in) everything it logged.
+            wait_to_sort_last(run_dir)
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1)
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
             if run.cfg.log.get("mlflow"):
