@@ -94,3 +94,15 @@ def test_a_rank_beyond_the_nodes_gpus_is_one_line(monkeypatch, asked):
     with pytest.raises(ConfigError, match=rf"^trainer.device={asked}: local rank 1 has no GPU of its own \(this node "
                                           r"has 1\); start at most that many processes per node"):
         resolve_device(asked, local_rank=1)
+
+
+@pytest.mark.integration
+def test_a_user_model_without_z_loss_builds_while_it_is_zero_and_is_refused_otherwise(tmp_path):
+    """tests/user_model.StrictLM takes exactly the keys the README listed before model.z_loss: it is
+    built without z_loss (0 by default) and trains; model.z_loss=1e-4 for it is one line."""
+    run = build(make_config(*TINY, "model._target_=tests.user_model.StrictLM", "trainer.max_steps=2"))
+    assert type(run.model).__name__ == "StrictLM"
+    assert train(run, tmp_path, Display(2, quiet=True))["steps"] == 2
+    with pytest.raises(ConfigError, match=r"^model.z_loss=0.0001: model._target_=tests.user_model.StrictLM takes no "
+                                          r"z_loss argument; compute a z-loss in the model, or set model.z_loss=0$"):
+        build(make_config(*TINY, "model._target_=tests.user_model.StrictLM", "model.z_loss=1e-4"))

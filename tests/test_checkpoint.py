@@ -166,6 +166,8 @@ STATEFUL_CLIPS = {
     # max_norm so low that the controller lowers the lr every 2 steps: its state must carry over.
     "controller": ["clip.controller=true", "clip.max_norm=0.01", "clip.patience=2", "clip.relax_after=3",
                    "clip.warmup_steps=0"],
+    # Not clip policies, but what the meter carries across the stop: the model's extras (train/z_loss).
+    "z-loss": ["model.z_loss=0.01", "trainer.log_every=4"],
     # Not a clip policy but stateful the same way: so tight that it skips steps on both sides of the stop.
     "skip-step": ["guard.skip=true", "guard.skip_window=4", "guard.skip_sigma=0.5"],
 }
@@ -188,12 +190,15 @@ def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkey
     train(build(make_config(*common, "checkpoint.resume=auto")), run, Display(12, quiet=True))
 
     expected, got = per_step(ref, "train/loss"), per_step(run, "train/loss")
-    assert sorted(got) == list(range(1, 13))
-    for step in range(1, 13):
+    assert sorted(got) == sorted(expected) == list(range(4 if clip == "z-loss" else 1, 13, 4 if clip == "z-loss" else 1))
+    for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
     if clip == "controller":
         assert per_step(run, "clip/lr_scale") == per_step(ref, "clip/lr_scale")
         assert per_step(ref, "clip/lr_scale")[12] < 0.1
+    if clip == "z-loss":  # stopped after step 6, two steps into the interval 5..8
+        z_loss = per_step(ref, "train/z_loss")
+        assert per_step(run, "train/z_loss") == pytest.approx(z_loss, rel=1e-6)
     if clip == "skip-step":
         spikes = per_step(ref, "train/skipped_spikes")
         assert per_step(run, "train/skipped_spikes") == spikes and spikes[6] > 0 and spikes[12] > spikes[6]

@@ -19,8 +19,8 @@ from trainer.precision import Precision
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("extra", [[], ["guard.skip=true"], ["model._target_=tests.poison.NaNGradLM"]],
-                         ids=["default", "skip-step", "nan-step"])
+@pytest.mark.parametrize("extra", [[], ["guard.skip=true"], ["model._target_=tests.poison.NaNGradLM"],
+                                   ["model.z_loss=1e-4"]], ids=["default", "skip-step", "nan-step", "z-loss"])
 def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch, extra):
     """Count every way trainer's code brings a tensor to the host; only log intervals and evals may.
 
@@ -65,6 +65,22 @@ def test_logged_loss_is_the_interval_average(tmp_path):
     train(run, tmp_path, Display(10, quiet=True))
     (_, logged), = read_scalars(tmp_path)["train/loss"]
     assert abs(logged - expected) < 1e-5
+
+
+@pytest.mark.integration
+def test_a_models_extras_are_logged_as_the_interval_average(tmp_path):
+    """A model returning {"loss", "mean_logit"} (tests/user_model.ExtrasLM), 2 micro-batches a step:
+    train/mean_logit at step 5 is the mean of the 10 micro-batches' mean logits, recomputed here."""
+    cfg = make_config(*TINY, "model._target_=tests.user_model.ExtrasLM", "trainer.max_steps=5", "trainer.grad_accum=2",
+                      "trainer.log_every=5", "trainer.eval_every=5", "optim=sgd", "optim.lr=1e-9", "optim.momentum=0",
+                      "sched=constant")
+    run, reference = build(cfg), build(cfg)
+    with torch.no_grad():  # with lr ~ 0 the weights stay put: the initial model on the same batches
+        expected = sum(reference.model.out(reference.model.emb(b["input_ids"][:, :-1])).mean().item()
+                       for b, _ in zip(reference.train_batches, range(10))) / 10
+    train(run, tmp_path, Display(5, quiet=True))
+    (_, logged), = read_scalars(tmp_path)["train/mean_logit"]
+    assert logged == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.integration

@@ -70,6 +70,41 @@ def test_a_checkpoint_mid_interval_resumes_to_the_same_averages_in_both_formats(
 
 
 @pytest.mark.unit
+def test_the_models_extras_are_averaged_where_finite_and_resume_mid_interval():
+    """A model's extra outputs (the GPT's z_loss) per step 0.5, 1.5, NaN, 2.5: train/z_loss is 1.5,
+    by hand, read whole or saved after two steps and resumed; a checkpoint from before extras (no
+    "extras" in it) resumes to the mean of the steps after it (2.5)."""
+    extras = [0.5, 1.5, math.nan, 2.5]
+    steps = [r._replace(extras={"z_loss": torch.tensor(z)}) for r, z in zip(STEPS, extras)]
+    whole = Meter(CPU, 4)
+    for r in steps:
+        whole.add(r, 8, 128)
+    assert whole.read()[0]["train/z_loss"] == pytest.approx(1.5)
+    first = Meter(CPU, 4)
+    for r in steps[:2]:
+        first.add(r, 8, 128)
+    saved = first.state_dict()
+    older = {k: v for k, v in saved.items() if k != "extras"}
+    for state, expected in ((saved, 1.5), (older, 2.5)):
+        resumed = Meter(CPU, 4)
+        resumed.load_state_dict(state)
+        for r in steps[2:]:
+            resumed.add(r, 8, 128)
+        assert resumed.read()[0]["train/z_loss"] == pytest.approx(expected)
+
+
+@pytest.mark.unit
+def test_a_model_whose_extras_change_from_step_to_step_is_named():
+    from trainer.config import ConfigError
+
+    meter = Meter(CPU, 4)
+    meter.add(STEPS[0]._replace(extras={"z_loss": torch.tensor(1.0)}), 8, 128)
+    meter.add(STEPS[2], 8, 128)
+    with pytest.raises(ConfigError, match="^model._target_: forward.*returned z_loss at one step and other entries"):
+        meter.read()
+
+
+@pytest.mark.unit
 def test_norm_clip_post_clip_values_are_derived_at_the_read_as_measured_on_the_gradients():
     """NormClip returns only the pre-clip norm; the meter derives the post-clip norm and the clipped
     flag at the log step. Reference: the clipped gradients' norm, summed by hand in float64."""

@@ -36,6 +36,28 @@ def test_gpt_loss_at_init_is_near_uniform():
 
 
 @pytest.mark.unit
+def test_gpt_z_loss_is_the_weighted_mean_square_log_normaliser_in_training_only():
+    """z_loss=0.01: the loss is cross-entropy + 0.01 x mean(log(sum(exp(logits)))^2), computed here
+    in float64 from the network's logits; evaluation, and z_loss=0, return the cross-entropy alone."""
+    torch.manual_seed(0)
+    model = GPT(**SHAPE, z_loss=0.01)
+    ids = torch.randint(FIRST_REGULAR_ID, 50, (4, 12))
+    logits = model.net(ids[:, :-1]).double()
+    log_z = logits.exp().sum(-1).log()
+    ce = (log_z - logits.gather(-1, ids[:, 1:, None]).squeeze(-1)).mean()
+    z = 0.01 * log_z.square().mean()
+    out = model(ids)
+    assert out.keys() == {"loss", "z_loss"} and not out["z_loss"].requires_grad
+    torch.testing.assert_close(out["z_loss"].double(), z, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out["loss"].double(), ce + z, rtol=1e-5, atol=0)
+    model.eval()
+    torch.testing.assert_close(model(ids).double(), ce, rtol=1e-5, atol=0)
+    model.train()
+    model.z_loss = 0.0
+    torch.testing.assert_close(model(ids).double(), ce, rtol=1e-5, atol=0)
+
+
+@pytest.mark.unit
 def test_bert_masks_fifteen_percent_eighty_ten_ten():
     torch.manual_seed(0)
     model = Bert(**SHAPE, mask_prob=0.15, mask_token_id=MASK_ID)

@@ -63,3 +63,20 @@ class UnsyncedLM(BigramLM):
     def __init__(self, **keys):
         super().__init__(**keys)
         self._ddp_params_and_buffers_to_ignore = ["out.weight", "out.bias"]
+
+
+class StrictLM(BigramLM):
+    """A user's model written to the README's contract before `model.z_loss` was a key: it names each
+    key it is given, and takes no **kwargs."""
+
+    def __init__(self, num_layers, hidden_size, num_heads, intermediate_size, dropout, max_seq_len, vocab_size):
+        super().__init__(vocab_size=vocab_size, hidden_size=hidden_size)
+
+
+class ExtrasLM(BigramLM):
+    """A user's model that returns a dict: "loss" is trained on, "mean_logit" is logged (train/mean_logit)."""
+
+    def forward(self, input_ids):
+        logits = self.out(self.emb(input_ids[:, :-1]))
+        return {"loss": F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten()),
+                "mean_logit": logits.mean().detach()}

@@ -35,7 +35,7 @@ from trainer.build import Run, build
 from trainer.config import compose_config
 from trainer.monitoring.display import Display
 from trainer.loop import train
-from trainer.step import to_device
+from trainer.step import model_loss, to_device
 
 # Dense bf16/fp16 tensor-core peak (FLOP/s) by device name, from the vendors' data sheets (SXM parts).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -57,7 +57,7 @@ def raw_loop(run: Run, steps: int) -> None:
         for _ in range(accum):
             batch = to_device(next(batches), run.device)
             with run.precision.autocast():
-                loss = model(**batch) / accum
+                loss = model_loss(model(**batch))[0] / accum  # a dict's "loss" (a z-loss run's)
             (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.unscale_(opt)
@@ -194,7 +194,7 @@ def clip_cost_ms(run: Run, calls: int = 50) -> float:
     """Median ms of one clip_grad_norm_(foreach) on the model's real gradients, after a backward."""
     batch = to_device(next(run.train_batches), run.device)
     with run.precision.autocast():
-        loss = run.model(**batch)
+        loss = model_loss(run.model(**batch))[0]
     loss.backward()
     max_norm = run.cfg.clip.get("max_norm") or 1.0
     times = []

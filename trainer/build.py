@@ -6,14 +6,15 @@ optimizer, schedule, precision or clipping policy plugs in by import path.
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -65,6 +66,27 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
                           f"{torch.cuda.device_count()}); start at most that many processes per node "
                           "(trainer.nproc_per_node), or use trainer.device=cpu")
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+
+
+def _takes(target: str, name: str) -> bool:
+    """Whether the callable at import path target takes a keyword argument name (or **kwargs); True
+    when it does not import, which instantiate then reports."""
+    try:
+        parameters = inspect.signature(get_object(target)).parameters.values()
+    except Exception:
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def model_keys(node: DictConfig) -> DictConfig:
+    """The model group's keys for its _target_. z_loss is the GPT's: a model of the user's that takes
+    neither it nor **kwargs (written before z_loss was a key) is built without it while it is 0."""
+    if node.get("z_loss") is None or _takes(node._target_, "z_loss"):
+        return node
+    if node.z_loss:
+        raise ConfigError(f"model.z_loss={node.z_loss}: model._target_={node._target_} takes no z_loss argument; "
+                          "compute a z-loss in the model, or set model.z_loss=0")
+    return OmegaConf.masked_copy(node, [k for k in node if k != "z_loss"])
 
 
 def _build(group: str, node: DictConfig, **kwargs: Any) -> Any:
@@ -142,7 +164,7 @@ def build(cfg: DictConfig, command_line: list[str] | tuple[str, ...] = ()) -> Ru
     if "mask_token_id" in cfg.model and cfg.model.mask_token_id is None and getattr(data, "tokenizer", None) is None:
         cfg.model.mask_token_id = MASK_ID  # byte tokens (a tokenizer without a mask token is refused by the model)
 
-    model = _build("model", cfg.model, vocab_size=vocab_size)  # the same init on every rank
+    model = _build("model", model_keys(cfg.model), vocab_size=vocab_size)  # the same init on every rank
     notes += getattr(model, "notes", []) + getattr(data, "notes", [])
     if pretrained:
         new, unused = hf_pretrained.load(model, pretrained)

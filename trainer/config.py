@@ -77,6 +77,13 @@ class ModelConfig:
     vocab_size: Optional[int] = _positive("`null`: the data's vocabulary size (its tokenizer's); else at least that")
 
 
+@dataclass
+class GPTConfig(ModelConfig):
+    z_loss: float = _non_negative("z-loss weight: adds z_loss × mean log(Z)² to the training loss, Z the softmax's "
+                                  "normaliser (PaLM; OLMo 2 uses 1e-5), logged as `train/z_loss`; 0: off. A "
+                                  "`_target_` model that takes no `z_loss` argument is built without it while it is 0")
+
+
 # transformers' names (ACT2FN) for the activations the native BERT computes (trainer/models/bert.py)
 BERT_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 
@@ -441,7 +448,7 @@ TOP_LEVEL_DOCS = {"task": "`auto`: `lm` for `gpt`, `mlm` for `bert`, for `hf` th
 
 
 SCHEMAS = {
-    "model": {"gpt": ModelConfig, "bert": BertConfig, "hf": HFModelConfig},
+    "model": {"gpt": GPTConfig, "bert": BertConfig, "hf": HFModelConfig},
     # data=csv is data=jsonl's config (conf/data/csv.yaml includes it): the reader goes by suffix.
     "data": {"synthetic": SyntheticDataConfig, "text": TextDataConfig, "jsonl": LabelledDataConfig,
              "tokens": TokensDataConfig, "hf": HFDataConfig},

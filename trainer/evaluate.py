@@ -9,7 +9,7 @@ import torch
 
 from trainer import distributed
 from trainer.build import Run
-from trainer.step import to_device
+from trainer.step import model_loss, to_device
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def evaluate(run: Run) -> dict[str, float]:
                 pairs = batch["labels"] * classes + logits.argmax(-1)
                 total[2:] += torch.bincount(pairs, minlength=classes * classes).float()
             else:
-                loss = run.model(**batch)
+                loss = model_loss(run.model(**batch))[0]
         total[0] += loss.float()
         total[1] += 1
     run.model.train()

@@ -11,12 +11,13 @@ the one the backward used, the skip flag is two ops on the norm the clip measure
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
 from trainer.clipping import ClipResult, TensorNorms
+from trainer.config import ConfigError
 from trainer.monitoring.layers import LayerProbe
 from trainer.precision import Precision
 from trainer.skip_step import SkipStep
@@ -30,6 +31,7 @@ class StepResult(NamedTuple):
     skipped: torch.Tensor  # 1.0 when the gradients were not finite and the update was skipped, else 0.0
     spiked: torch.Tensor | None = None  # with guard.skip: 1.0 when the update was skipped as a spike
     tensors: TensorNorms | None = None  # each gradient tensor's norm (the clip's), to name non-finite ones
+    extras: dict[str, torch.Tensor] | None = None  # the model's other outputs (model_loss), mean over micro-batches
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -42,6 +44,26 @@ def _sync_gradients(model: nn.Module, last: bool) -> contextlib.AbstractContextM
     if last or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()
+
+
+def model_loss(out: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """What model(**batch) returned, as (loss, extras): the loss tensor itself, or a mapping's "loss"
+    (trained on) and its other entries (scalar tensors, such as the GPT's "z_loss"), logged as
+    train/<name>."""
+    if isinstance(out, torch.Tensor):
+        return out, None
+    if not isinstance(out, Mapping) or "loss" not in out:
+        what = "a dict without a \"loss\"" if isinstance(out, Mapping) else type(out).__name__
+        raise ConfigError(f"model._target_: forward(**batch) returned {what}; it must return the loss (a scalar "
+                          "tensor), or a dict of scalar tensors with the loss under \"loss\"")
+    return out["loss"], {k: v for k, v in out.items() if k != "loss"}
+
+
+def _add_extras(total: dict[str, torch.Tensor] | None, extras: dict[str, torch.Tensor], grad_accum: int
+                ) -> dict[str, torch.Tensor]:
+    """The running mean over a step's micro-batches of each extra, as the step's loss is."""
+    scaled = {k: v.detach().float() / grad_accum for k, v in extras.items()}
+    return scaled if total is None else {k: total[k] + v for k, v in scaled.items()}
 
 
 def not_finite(norm: torch.Tensor) -> torch.Tensor:
@@ -72,15 +94,18 @@ def train_step(
     A probe (log steps only, with log.per_layer=true) measures per-layer norms and updates; skip
     (guard.skip) flags a spiking step, whose update is then skipped like a non-finite one.
     """
-    loss_sum = None
+    loss_sum = extras = None
     for i, batch in enumerate(micro_batches):
         with _sync_gradients(model, last=i == grad_accum - 1):
             with precision.autocast():
+                loss, more = model_loss(model(**batch))
                 # Dividing each micro-batch's mean loss makes the accumulated gradient that of the mean
                 # over all grad_accum * batch_size samples, as if it were one large batch.
-                loss = model(**batch) / grad_accum
+                loss = loss / grad_accum
             precision.backward(loss)
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        if more:
+            extras = _add_extras(extras, more, grad_accum)
 
     precision.unscale_(optimizer)  # clip thresholds and logged norms are in true units
     if probe:
@@ -94,4 +119,5 @@ def train_step(
     if probe:
         probe.measure_updates()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum, result.norm, result.clipped_norm, result.clipped, skipped, spiked, result.tensors)
+    return StepResult(loss_sum, result.norm, result.clipped_norm, result.clipped, skipped, spiked, result.tensors,
+                      extras)

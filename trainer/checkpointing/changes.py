@@ -40,7 +40,7 @@ def _changed(saved: dict, now: dict, section: str) -> dict[str, tuple[Any, Any]]
 
 
 # Model keys added since 0.1.0, with the value that computes what a checkpoint without them did.
-_ADDED = {"hidden_act": "gelu", "attention_dropout": None, "classifier_dropout": None}
+_ADDED = {"hidden_act": "gelu", "attention_dropout": None, "classifier_dropout": None, "z_loss": 0.0}
 
 
 def _as_computed(model: dict, keys: dict) -> dict:

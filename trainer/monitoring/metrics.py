@@ -59,8 +59,10 @@ class Meter:
         self.check_ranks = check_ranks
         self.spike_score = SpikeScore(spike_window, spike_sigma)
         self.results: list[StepResult] = []
-        # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._SPIKED.
+        # The interval's first steps as a checkpoint restored them, in the rows of _LOSS.._SPIKED,
+        # and the model's extras (StepResult.extras) by name.
         self.restored: list[list[float]] = [[] for _ in range(6)]
+        self.restored_extras: dict[str, list[float]] = {}
         # Sums a checkpoint of an earlier release holds (it summed each step as it went, and kept only
         # loss and norm per step): added at the next read, for the steps before `counted_from`.
         self.carried = [0.0] * 6
@@ -84,45 +86,57 @@ class Meter:
         self.samples += samples
         self.tokens += tokens
 
-    def columns(self, across_ranks: bool = False) -> tuple[list[list[float]], list[float], list[tuple]]:
+    def columns(self, across_ranks: bool = False
+                ) -> tuple[list[list[float]], list[float], list[tuple], dict[str, list[float]]]:
         """The interval's values so far on the host, one list per row (_LOSS.._SPIKED), each step's
-        largest loss of any rank (restored steps: as saved), and with check_ranks the ranks whose
-        norms differ from rank 0's (distributed.differing_ranks; steps counted in the interval); a
-        host sync.
+        largest loss of any rank (restored steps: as saved), with check_ranks the ranks whose norms
+        differ from rank 0's (distributed.differing_ranks; steps counted in the interval), and the
+        model's extras by name (NaN for a step without one); a host sync.
 
         across_ranks: each step's values averaged over the ranks (the losses differ; norms and
         flags are the same on every rank, as gradients are all-reduced before they are measured).
         """
         rows = [list(r) for r in self.restored]
+        restored = len(rows[_LOSS])
+        extras = {k: list(v) for k, v in self.restored_extras.items()}
         if not self.results:
-            return rows, rows[_LOSS], []
+            return rows, rows[_LOSS], [], extras
         derived = self.results[0].clipped_norm is None
         if derived and self.clip_stats is None:
             raise ConfigError("clip._target_: the policy returned no clipped_norm and has no clipped_stats(norms) "
                               "to derive it from (see trainer/clipping.py)")
         names = ("loss", "norm", "skipped", *(() if derived else ("clipped_norm", "clipped")),
                  *(("spiked",) if self.spikes else ()))
-        values = torch.stack([getattr(r, name) for r in self.results for name in names])  # one op for the interval
+        extra_names = sorted(self.results[0].extras or ())
+        if any(sorted(r.extras or ()) != extra_names for r in self.results):
+            raise ConfigError(f"model._target_: forward(**batch) returned {', '.join(extra_names) or 'only the loss'} "
+                              "at one step and other entries at another; return the same entries every step")
+        width = len(names) + len(extra_names)
+        values = torch.stack([v for r in self.results  # one op for the interval
+                              for v in (*(getattr(r, name) for name in names), *(r.extras[k] for k in extra_names))])
         fresh_max, differing = None, []
         if across_ranks and distributed.world().size > 1:
             if self.check_ranks:  # each rank's own norms, before the mean makes them alike
-                restored = len(rows[_LOSS])
                 differing = [(rank, restored + i, *pair) for rank, i, *pair
-                             in distributed.differing_ranks(values[1::len(names)].tolist())]
+                             in distributed.differing_ranks(values[1::width].tolist())]
             # Each step's largest loss of any rank (torchtitan logs the global max loss), then the means.
-            fresh_max = distributed.all_reduce_max(values.clone()).tolist()[0::len(names)]
+            fresh_max = distributed.all_reduce_max(values.clone()).tolist()[0::width]
             values = distributed.all_reduce_sum(values) / distributed.world().size
         host = values.tolist()
-        row = {name: host[i::len(names)] for i, name in enumerate(names)}
+        row = {name: host[i::width] for i, name in enumerate((*names, *extra_names))}
         clipped_norm, clipped = self.clip_stats(row["norm"]) if derived else (row["clipped_norm"], row["clipped"])
         fresh = (row["loss"], row["norm"], clipped_norm, [float(c) for c in clipped], [1.0 - s for s in row["skipped"]],
                  row.get("spiked", [0.0] * len(self.results)))
-        return [old + new for old, new in zip(rows, fresh)], rows[_LOSS] + (fresh_max or row["loss"]), differing
+        for k in {*extras, *extra_names}:
+            extras[k] = extras.get(k, [math.nan] * restored) + row.get(k, [math.nan] * len(self.results))
+        return [old + new for old, new in zip(rows, fresh)], rows[_LOSS] + (fresh_max or row["loss"]), differing, extras
 
     def state_dict(self) -> dict[str, object]:
+        rows, _, _, extras = self.columns()
         per_step = torch.zeros(6, self.capacity)  # the layout of checkpoints since 6cfab1e, and a row
-        per_step[:, :self.steps] = torch.tensor(self.columns()[0])
-        return {"per_step": per_step, "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
+        per_step[:, :self.steps] = torch.tensor(rows)
+        return {"per_step": per_step, "extras": {k: torch.tensor(v) for k, v in extras.items()},
+                "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
                 "skipped_total": torch.tensor(self.skipped_total), "clipped_total": torch.tensor(self.clipped_total),
                 "spiked_total": self.spiked_total, "spike_history": [list(h) for h in self.spike_score.history],
                 "steps": self.steps, "samples": self.samples, "tokens": self.tokens}
@@ -138,6 +152,7 @@ class Meter:
                               "into a log interval; resume with the trainer.log_every it was written with")
         saved = state["per_step"].cpu()[:, :self.steps].tolist()
         self.restored = saved + [[0.0] * self.steps for _ in range(6 - len(saved))]
+        self.restored_extras = {k: v.tolist() for k, v in state.get("extras", {}).items()}  # none before z_loss
         self.results = []
         if "carried" in state:
             self.carried, self.counted_from = state["carried"].tolist(), state["counted_from"]
@@ -154,7 +169,7 @@ class Meter:
         where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
         usually finite and counts; its norm is not. Skipped steps are counted instead.
         """
-        cols, step_max, differing = self.columns(across_ranks=True)
+        cols, step_max, differing, extras = self.columns(across_ranks=True)
         finite_max = [x for x in step_max if not math.isnan(x)]
         loss_sum, loss_n, norm_sum, clipped_norm_sum, clipped_n, ok_n = self.carried
         for i in range(self.counted_from, self.steps):
@@ -187,11 +202,14 @@ class Meter:
         }
         if self.spikes:
             out["train/skipped_spikes"] = self.spiked_total
+        for name, values in extras.items():  # the model's, as train/loss: over the steps where finite
+            finite = [x for x in values if math.isfinite(x)]
+            out[f"train/{name}"] = statistics.fmean(finite) if finite else math.nan
         first = len(cols[_LOSS]) - len(self.results)  # the results follow the steps a checkpoint restored
         skipped = [(first + i, r.tensors) for i, r in enumerate(self.results) if not cols[_FINITE][first + i]]
         per_step = {"loss": cols[_LOSS], "norm": cols[_NORM], "differing_ranks": differing, "skipped": skipped}
         self.carried, self.counted_from = [0.0] * 6, 0
-        self.results, self.restored = [], [[] for _ in range(6)]
+        self.results, self.restored, self.restored_extras = [], [[] for _ in range(6)], {}
         self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
         return out, per_step
