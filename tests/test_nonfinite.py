@@ -8,10 +8,12 @@ from torch.nn.utils import get_total_norm
 
 from tests.conftest import TINY, make_config, run_cli
 from trainer.build import build
-from trainer.clipping import TensorNorms, measure
+from trainer.clipping import NormClip, TensorNorms, measure
 from trainer.loop import train
 from trainer.monitoring.display import Display
-from trainer.monitoring.nonfinite import describe, nonfinite_positions
+from trainer.monitoring.metrics import Meter
+from trainer.monitoring.nonfinite import NOT_KEPT, NOT_MEASURED, describe, nonfinite_positions
+from trainer.step import StepResult, not_finite
 
 POLICIES = ["none", "norm", "value", "zclip", "autoclip", "agc", "adagc"]
 
@@ -54,13 +56,38 @@ def test_describe_names_the_first_five_in_parameter_order_with_the_count():
     run = _model_with_grads()
     names = [name for name, p in run.model.named_parameters() if p.requires_grad]
     bad = [1, 2, 4, 6, 7, 9, 10]
-    norms = torch.ones(len(run.params))
-    norms[bad] = torch.tensor([math.inf, math.nan] * 3 + [-math.inf])
-    line = describe(run.model, run.params, 21, [(3, TensorNorms(norms, None)), (5, TensorNorms(norms, None))])
+    line = describe(run.model, run.params, 24, bad, 2)
     assert line == (f"step 24: gradients not finite in 7 of {len(names)} parameter tensors (first 5): "
                     f"{', '.join(names[i] for i in bad[:5])}; update skipped; 1 more skipped steps in this interval")
-    unmeasured = describe(run.model, run.params, 1, [(0, None)])
-    assert unmeasured.startswith("step 1: gradients not finite, update skipped (the clip policy measured no")
+    assert describe(run.model, run.params, 1, NOT_MEASURED, 1) == (
+        "step 1: gradients not finite, update skipped (which tensors: the clip policy returned no per-tensor norms)")
+
+
+@pytest.mark.unit
+def test_the_meter_finds_the_first_skipped_step_and_keeps_it_across_a_checkpoint():
+    """Steps 2 and 3 of 4 skipped, step 2 with NaN in tensors 1 and 4 of 6: (index 1, [1, 4], 2
+    skipped), read whole or from a checkpoint taken after step 2, whose gradients are gone by then;
+    a checkpoint from before this was kept says so."""
+    norms = torch.ones(6)
+    norms[[1, 4]] = math.nan
+    steps = [StepResult(torch.tensor(1.0), torch.tensor(n), None, None, not_finite(torch.tensor(n)),
+                        tensors=TensorNorms(norms if i == 1 else torch.ones(6), None))
+             for i, n in enumerate([1.0, math.nan, math.inf, 1.0])]
+    clip = NormClip(1.0)
+    whole = Meter(torch.device("cpu"), 4, clip.clipped_stats)
+    for r in steps:
+        whole.add(r, 1, 1)
+    assert whole.read()[1]["nonfinite"] == (1, [1, 4], 2)
+    first = Meter(torch.device("cpu"), 4, clip.clipped_stats)
+    for r in steps[:2]:
+        first.add(r, 1, 1)
+    saved = first.state_dict()
+    for state, expected in ((saved, (1, [1, 4], 2)), ({**saved, "nonfinite": None}, (1, NOT_KEPT, 2))):
+        resumed = Meter(torch.device("cpu"), 4, clip.clipped_stats)
+        resumed.load_state_dict(state)
+        for r in steps[2:]:
+            resumed.add(r, 1, 1)
+        assert resumed.read()[1]["nonfinite"] == expected
 
 
 POISONED = {"NAN_GRADS": "7=out.bias;23=emb.weight,out.bias"}
@@ -94,3 +121,25 @@ def test_the_cli_prints_the_names_and_writes_them_to_train_log(tmp_path, strateg
     assert [line for line in done.stdout.splitlines() if "not finite" in line] == NAMED
     log = (tmp_path / "train.log").read_text()
     assert all(line in log for line in NAMED)
+
+
+@pytest.mark.integration
+def test_a_run_preempted_between_the_nan_step_and_its_log_step_names_it_after_the_resume(
+        tmp_path, monkeypatch, caplog):
+    """SIGTERM during step 9, after the NaN step 7 and before the log step 10: the checkpoint keeps
+    step 7's tensors (its gradients are gone by then), and the resumed run's log step names them
+    as the uninterrupted run does."""
+    from tests.conftest import sigterm_during_step
+    from trainer.preemption import Preempted
+
+    monkeypatch.setenv("NAN_GRADS", "7=out.bias")
+    run_cfg = [*RUN[:-3], "trainer.max_steps=10", "trainer.log_every=10", "trainer.eval_every=10"]
+    caplog.set_level("INFO", logger="trainer")
+    sigterm_during_step(monkeypatch, 9)
+    with pytest.raises(Preempted, match="after step 9"):
+        train(build(make_config(*run_cfg)), tmp_path, Display(10, quiet=True))
+    monkeypatch.undo()
+    monkeypatch.setenv("NAN_GRADS", "")  # the resumed model counts its calls from 1 again
+    assert not [r for r in caplog.records if "not finite" in r.getMessage()]
+    train(build(make_config(*run_cfg, "checkpoint.resume=auto")), tmp_path, Display(10, quiet=True))
+    assert [r.getMessage() for r in caplog.records if "not finite" in r.getMessage()] == NAMED[:1]

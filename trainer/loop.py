@@ -154,8 +154,9 @@ def log_interval(run: Run, step: int, lr: float, m: dict[str, float], per_step: 
     for rank, i, theirs, ref in per_step["differing_ranks"]:
         display.note(f"log.check_ranks: rank {rank}'s gradient norm at step {step - len(norms) + 1 + i} is "
                      f"{theirs:.8g}, rank 0's {ref:.8g}: the ranks do not hold the same gradients")
-    if per_step["skipped"]:
-        display.note(nonfinite.describe(unwrap(run.model), run.params, step - len(norms) + 1, per_step["skipped"]))
+    if per_step["nonfinite"]:
+        index, positions, skipped = per_step["nonfinite"]
+        display.note(nonfinite.describe(unwrap(run.model), run.params, step - len(norms) + 1 + index, positions, skipped))
     if getattr(run.clip, "controller", None):
         steer(run.clip, run.schedule, step - len(norms) + 1, norms, display.note)
     m.update(policy_metrics(run, lr, guard, probe))

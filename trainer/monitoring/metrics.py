@@ -12,6 +12,7 @@ import torch
 
 from trainer import distributed
 from trainer.config import ConfigError
+from trainer.monitoring import nonfinite
 from trainer.step import StepResult
 
 # The rows of an interval's per-step values (Meter.columns) and of a checkpoint's "per_step" (the
@@ -63,6 +64,8 @@ class Meter:
         # and the model's extras (StepResult.extras) by name.
         self.restored: list[list[float]] = [[] for _ in range(6)]
         self.restored_extras: dict[str, list[float]] = {}
+        # The interval's first skipped step, if a checkpoint restored it: [index, positions] (first_nonfinite).
+        self.restored_nonfinite: list | None = None
         # Sums a checkpoint of an earlier release holds (it summed each step as it went, and kept only
         # loss and norm per step): added at the next read, for the steps before `counted_from`.
         self.carried = [0.0] * 6
@@ -131,11 +134,29 @@ class Meter:
             extras[k] = extras.get(k, [math.nan] * restored) + row.get(k, [math.nan] * len(self.results))
         return [old + new for old, new in zip(rows, fresh)], rows[_LOSS] + (fresh_max or row["loss"]), differing, extras
 
+    def first_nonfinite(self, finite: list[float]) -> tuple[int, list[int] | str, int] | None:
+        """The interval's first step skipped for non-finite gradients, given each step's finite flag
+        (_FINITE): its index, the positions in params of its non-finite tensors (or why they are not
+        known), and how many steps were skipped; None if none was. A host read, for a fresh step."""
+        bad = [i for i in range(self.counted_from, len(finite)) if not finite[i]]
+        if not bad:
+            return None
+        first, restored = bad[0], len(finite) - len(self.results)
+        if first < restored:
+            kept = self.restored_nonfinite
+            positions = kept[1] if kept and kept[0] == first else nonfinite.NOT_KEPT
+        else:
+            tensors = self.results[first - restored].tensors
+            positions = nonfinite.nonfinite_positions(tensors) if tensors is not None else nonfinite.NOT_MEASURED
+        return first, positions, len(bad)
+
     def state_dict(self) -> dict[str, object]:
         rows, _, _, extras = self.columns()
+        first = self.first_nonfinite(rows[_FINITE])
         per_step = torch.zeros(6, self.capacity)  # the layout of checkpoints since 6cfab1e, and a row
         per_step[:, :self.steps] = torch.tensor(rows)
         return {"per_step": per_step, "extras": {k: torch.tensor(v) for k, v in extras.items()},
+                "nonfinite": list(first[:2]) if first else None,
                 "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
                 "skipped_total": torch.tensor(self.skipped_total), "clipped_total": torch.tensor(self.clipped_total),
                 "spiked_total": self.spiked_total, "spike_history": [list(h) for h in self.spike_score.history],
@@ -153,6 +174,7 @@ class Meter:
         saved = state["per_step"].cpu()[:, :self.steps].tolist()
         self.restored = saved + [[0.0] * self.steps for _ in range(6 - len(saved))]
         self.restored_extras = {k: v.tolist() for k, v in state.get("extras", {}).items()}  # none before z_loss
+        self.restored_nonfinite = state.get("nonfinite")
         self.results = []
         if "carried" in state:
             self.carried, self.counted_from = state["carried"].tolist(), state["counted_from"]
@@ -162,8 +184,7 @@ class Meter:
     def read(self) -> tuple[dict[str, float], dict[str, list]]:
         """Averages since the last read, and each step's loss and norm; then reset. One wait for the device.
 
-        Besides: "differing_ranks" (see columns) and "skipped", (index in the interval, TensorNorms)
-        of each step skipped for non-finite gradients since the last read (monitoring/nonfinite.py).
+        Besides: "differing_ranks" (see columns) and "nonfinite" (first_nonfinite).
 
         Non-finite values would turn every average into inf/NaN, so each average is over the steps
         where its value is finite: the loss of an fp16 step skipped for overflowing gradients is
@@ -205,11 +226,10 @@ class Meter:
         for name, values in extras.items():  # the model's, as train/loss: over the steps where finite
             finite = [x for x in values if math.isfinite(x)]
             out[f"train/{name}"] = statistics.fmean(finite) if finite else math.nan
-        first = len(cols[_LOSS]) - len(self.results)  # the results follow the steps a checkpoint restored
-        skipped = [(first + i, r.tensors) for i, r in enumerate(self.results) if not cols[_FINITE][first + i]]
-        per_step = {"loss": cols[_LOSS], "norm": cols[_NORM], "differing_ranks": differing, "skipped": skipped}
+        per_step = {"loss": cols[_LOSS], "norm": cols[_NORM], "differing_ranks": differing,
+                    "nonfinite": self.first_nonfinite(cols[_FINITE])}
         self.carried, self.counted_from = [0.0] * 6, 0
-        self.results, self.restored, self.restored_extras = [], [[] for _ in range(6)], {}
+        self.results, self.restored, self.restored_extras, self.restored_nonfinite = [], [[] for _ in range(6)], {}, None
         self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
         return out, per_step

@@ -28,20 +28,18 @@ def nonfinite_positions(tensors: TensorNorms) -> list[int]:
     return [tensors.present[i] for i in bad] if tensors.present is not None else bad
 
 
-def describe(model: nn.Module, params: list[torch.Tensor], first_step: int,
-             skipped: list[tuple[int, TensorNorms | None]]) -> str:
-    """One line on an interval's skipped steps: the first one's non-finite tensors, by name (at most 5).
+# Why a skipped step's tensors cannot be named (Meter.first_nonfinite gives one of these for positions).
+NOT_MEASURED = "the clip policy returned no per-tensor norms"
+NOT_KEPT = "the checkpoint resumed from, written before they were kept, does not say"
 
-    skipped: (index in the interval, the step's TensorNorms) of each step skipped for non-finite
-    gradients; first_step: the interval's first step number.
+
+def describe(model: nn.Module, params: list[torch.Tensor], step: int, positions: list[int] | str, skipped: int) -> str:
+    """One line on an interval's skipped steps: the first one's (`step`) non-finite tensors by name
+    (at most 5), from their positions in params (or why they are not known), and how many more.
     """
-    index, tensors = skipped[0]
-    step = first_step + index
-    others = f"; {len(skipped) - 1} more skipped steps in this interval" if len(skipped) > 1 else ""
-    if tensors is None:
-        return (f"step {step}: gradients not finite, update skipped (the clip policy measured no per-tensor "
-                f"norms to name the tensors){others}")
-    positions = nonfinite_positions(tensors)
+    others = f"; {skipped - 1} more skipped steps in this interval" if skipped > 1 else ""
+    if isinstance(positions, str):
+        return f"step {step}: gradients not finite, update skipped (which tensors: {positions}){others}"
     if not positions:
         return (f"step {step}: every parameter tensor's gradient norm is finite but their total overflowed, "
                 f"update skipped{others}")
