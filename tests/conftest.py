@@ -43,7 +43,7 @@ def sigterm_during_step(monkeypatch, n: int) -> None:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `trainer ARGS` in a fresh process (stdout is a pipe, so the display prints plain lines)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
+    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
     return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=600)
 

@@ -5,6 +5,7 @@ take, step for step, the same loss, pre-clip norm and update as one process with
 """
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -332,3 +333,29 @@ def test_fsdp_equals_one_process_and_checkpoints_shards_that_resume_exactly(tmp_
     assert exported.keys() == ref_weights.keys() and exported["net.tok.weight"].shape == (16, 32)
     for name, w in ref_weights.items():
         torch.testing.assert_close(exported[name], w, rtol=0, atol=1e-6, msg=name)
+
+
+def test_host_reads_do_not_grow_with_the_steps_between_log_steps(tmp_path):
+    """The in-process host-read count (tests/test_loop.py) for the paths only more than one process
+    takes: log.check_ranks (its all-gather of each rank's norms), guard.skip's agreed loss, the
+    cross-rank mean and max. Every worker counts its reads (tests/hostreads/sitecustomize.py); a run
+    of 4 steps and one of 20, both with two log steps and one eval, read the same number of times
+    on each rank, so no read happens per step. (Fused AdamW, the default: BASE's unfused one needs a
+    read per step to skip a non-finite step, as the README says.)"""
+    common = ["log.check_ranks=true", "guard.skip=true", "data.batch_size=4", "trainer.nproc_per_node=2"]
+    runs = {"short": ["trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_every=4"],
+            "long": ["trainer.max_steps=20", "trainer.log_every=10", "trainer.eval_every=20"]}
+    pythonpath = os.pathsep.join([str(ROOT / "tests" / "hostreads"), str(ROOT)])
+
+    def counted(name):
+        (tmp_path / name / "reads").mkdir(parents=True)
+        base = [arg for arg in BASE if not arg.startswith(("trainer.log_every", "trainer.eval_every", "optim.fused"))]
+        done = run_cli("train", *base, *common, *runs[name], f"hydra.run.dir={tmp_path / name}",
+                       env={"COUNT_HOST_READS": str(tmp_path / name / "reads"), "PYTHONPATH": pythonpath})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {rank: json.loads((tmp_path / name / "reads" / f"{rank}.json").read_text()) for rank in (0, 1)}
+
+    with ThreadPoolExecutor(2) as pool:
+        short, long = pool.map(counted, runs)
+    for rank in (0, 1):
+        assert short[rank] and sorted(short[rank]) == sorted(long[rank]), (rank, short[rank], long[rank])
