@@ -10,7 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import TINY, run_cli
 from trainer.config import ConfigError
-from trainer.monitoring.report import NO_SCALARS, plot, report
+from trainer.monitoring.report import NO_SCALARS, find_runs, plot, report
 
 
 
@@ -157,3 +157,13 @@ def test_plot_without_matplotlib_names_the_install_that_cannot_pull_another_proj
         plot([tmp_path], [], tmp_path / "out.png")
     # `trainer[plot]` would install PyPI's unrelated project named trainer
     assert str(e.value) == "--plot needs matplotlib: pip install matplotlib"
+
+
+@pytest.mark.unit
+def test_runs_are_listed_in_the_order_the_sweep_ran_them(tmp_path):
+    """Hydra names a sweep's jobs 0_..., 1_..., 10_...: job 10 comes after job 9, not after job 1."""
+    names = ["0_lr=0.1", "1_lr=0.3", "2_lr=1", "9_lr=3", "10_lr=10", "11_lr=30"]
+    for name in reversed(names):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "events.out.tfevents.1.host.1.0").touch()
+    assert [run.name for run in find_runs([tmp_path])] == names

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -20,8 +21,13 @@ COLUMNS = ["run", "overrides", "final eval loss", "best eval loss", "final train
            "grad norm p95", "clip fraction", "skipped steps", "rollbacks", "final loss scale", "tokens/s"]
 
 
+def _job_order(run: Path) -> list[object]:
+    """Sort key: numbers by value, so that a sweep's job 10 comes after job 9, not after job 1."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(run))]
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Directories under paths that hold an events file, sorted."""
+    """Directories under paths that hold an events file, in the order a sweep ran them (by job number)."""
     runs = set()
     for path in paths:
         if not path.exists():
@@ -30,7 +36,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         runs.update(p.parent for p in candidates if p.name.startswith("events.out.tfevents."))
     if not runs:
         raise ConfigError(f"{' '.join(map(str, paths))}: no TensorBoard events files found")
-    return sorted(runs)
+    return sorted(runs, key=_job_order)
 
 
 def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:

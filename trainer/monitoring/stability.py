@@ -21,7 +21,6 @@ make one row. Each run is judged from its own TensorBoard events and its config.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,17 +146,12 @@ def policies(outcomes: list[Outcome]) -> list[dict[str, object]]:
     return rows
 
 
-def _job_order(run: Path) -> list[object]:
-    """Sort key: numbers by value, so that a sweep's job 10 comes after job 9, not after job 1."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(run))]
-
-
 def outcomes(paths: list[Path]) -> tuple[list[Outcome], list[str]]:
     """Every run's outcome under paths, in the order the sweep ran them, and the runs left out as
     they have no training scalars yet (a sweep still running); if none has any, the first's error."""
     root = root_of(paths)
     found, empty = [], []
-    for run in sorted(find_runs(paths), key=_job_order):
+    for run in find_runs(paths):
         try:
             found.append(outcome(run, root))
         except NoScalars as e:
