@@ -200,7 +200,8 @@ class AdaGC:
                                self.beta * self.reference + (1 - self.beta) * entered)
             clipped = over.any()
         self.reference = torch.where(finite, seen, self.reference)
-        return ClipResult(norm, torch.linalg.vector_norm(clipped_norms), clipped, TensorNorms(norms, present(params, grads)))
+        tensors = TensorNorms(norms, present(params, grads))
+        return ClipResult(norm, torch.linalg.vector_norm(clipped_norms), clipped, tensors)
 
     def state_dict(self) -> dict[str, object]:
         return {"calls": self.calls, "reference": self.reference}

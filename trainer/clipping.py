@@ -91,7 +91,8 @@ def scale_to_norm(params: list[torch.Tensor], norm: torch.Tensor, max_norm: floa
     return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
 
-def clip_by_norm(params: list[torch.Tensor], max_norm: float, norm_type: float) -> tuple[torch.Tensor, TensorNorms | None]:
+def clip_by_norm(params: list[torch.Tensor], max_norm: float, norm_type: float
+                 ) -> tuple[torch.Tensor, TensorNorms | None]:
     """torch's clip_grad_norm_ (foreach), in two parts so the norm is returned as a tensor."""
     norm, tensors = measure(params, norm_type)
     clip_grads_with_norm_(params, max_norm, norm, foreach=True)

@@ -156,7 +156,8 @@ def log_interval(run: Run, step: int, lr: float, m: dict[str, float], per_step: 
                      f"{theirs:.8g}, rank 0's {ref:.8g}: the ranks do not hold the same gradients")
     if per_step["nonfinite"]:
         index, positions, skipped = per_step["nonfinite"]
-        display.note(nonfinite.describe(unwrap(run.model), run.params, step - len(norms) + 1 + index, positions, skipped))
+        first = step - len(norms) + 1 + index
+        display.note(nonfinite.describe(unwrap(run.model), run.params, first, positions, skipped))
     if getattr(run.clip, "controller", None):
         steer(run.clip, run.schedule, step - len(norms) + 1, norms, display.note)
     m.update(policy_metrics(run, lr, guard, probe))

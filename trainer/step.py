@@ -46,7 +46,8 @@ def _sync_gradients(model: nn.Module, last: bool) -> contextlib.AbstractContextM
     return model.no_sync()
 
 
-def model_loss(out: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+def model_loss(out: torch.Tensor | Mapping[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """What model(**batch) returned, as (loss, extras): the loss tensor itself, or a mapping's "loss"
     (trained on) and its other entries (scalar tensors, such as the GPT's "z_loss"), logged as
     train/<name>."""

@@ -229,7 +229,8 @@ class Meter:
         per_step = {"loss": cols[_LOSS], "norm": cols[_NORM], "differing_ranks": differing,
                     "nonfinite": self.first_nonfinite(cols[_FINITE])}
         self.carried, self.counted_from = [0.0] * 6, 0
-        self.results, self.restored, self.restored_extras, self.restored_nonfinite = [], [[] for _ in range(6)], {}, None
+        self.results, self.restored = [], [[] for _ in range(6)]
+        self.restored_extras, self.restored_nonfinite = {}, None
         self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
         return out, per_step
