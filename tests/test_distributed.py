@@ -359,3 +359,24 @@ def test_host_reads_do_not_grow_with_the_steps_between_log_steps(tmp_path):
         short, long = pool.map(counted, runs)
     for rank in (0, 1):
         assert short[rank] and sorted(short[rank]) == sorted(long[rank]), (rank, short[rank], long[rank])
+
+
+def test_a_checkpoint_mid_interval_resumes_the_cross_rank_values(tmp_path):
+    """Two ranks, a checkpoint at step 5 of a 10-step log interval: resumed from it, the log at step
+    10 gives the uninterrupted run's train/loss and train/loss_max. The interval's first five steps
+    come from the checkpoint, which must hold the ranks' mean loss and their max, not rank 0's own
+    (the ranks see different batches, so their losses differ)."""
+    common = ["data.batch_size=4", "trainer.nproc_per_node=2", "trainer.max_steps=10", "trainer.eval_every=10",
+              "checkpoint.every=5", "checkpoint.keep_last=5", "model.dropout=0.1"]
+    base = [arg for arg in BASE if not arg.startswith(("trainer.log_every", "trainer.eval_every"))]
+    ref = tmp_path / "ref"
+    done = run_cli("train", *base, *common, "trainer.log_every=10", f"hydra.run.dir={ref}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = tmp_path / "resumed"
+    done = run_cli("train", *base, *common, "trainer.log_every=10", f"hydra.run.dir={resumed}",
+                   f"checkpoint.resume={ref / 'checkpoints' / 'step_00000005.pt'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = read_scalars(ref), read_scalars(resumed)
+    for tag in ("train/loss", "train/loss_max", "train/grad_norm"):
+        (step, x), = a[tag]
+        assert b[tag] == [(10, pytest.approx(x, rel=1e-6))], tag

@@ -64,6 +64,7 @@ class Meter:
         # and the model's extras (StepResult.extras) by name.
         self.restored: list[list[float]] = [[] for _ in range(6)]
         self.restored_extras: dict[str, list[float]] = {}
+        self.restored_max: list[float] | None = None  # each restored step's largest loss of any rank
         # The interval's first skipped step, if a checkpoint restored it: [index, positions] (first_nonfinite).
         self.restored_nonfinite: list | None = None
         # Sums a checkpoint of an earlier release holds (it summed each step as it went, and kept only
@@ -101,9 +102,10 @@ class Meter:
         """
         rows = [list(r) for r in self.restored]
         restored = len(rows[_LOSS])
+        restored_max = list(self.restored_max) if self.restored_max is not None else rows[_LOSS]
         extras = {k: list(v) for k, v in self.restored_extras.items()}
         if not self.results:
-            return rows, rows[_LOSS], [], extras
+            return rows, restored_max, [], extras
         derived = self.results[0].clipped_norm is None
         if derived and self.clip_stats is None:
             raise ConfigError("clip._target_: the policy returned no clipped_norm and has no clipped_stats(norms) "
@@ -132,7 +134,8 @@ class Meter:
                  row.get("spiked", [0.0] * len(self.results)))
         for k in {*extras, *extra_names}:
             extras[k] = extras.get(k, [math.nan] * restored) + row.get(k, [math.nan] * len(self.results))
-        return [old + new for old, new in zip(rows, fresh)], rows[_LOSS] + (fresh_max or row["loss"]), differing, extras
+        step_max = restored_max + (fresh_max or row["loss"])
+        return [old + new for old, new in zip(rows, fresh)], step_max, differing, extras
 
     def first_nonfinite(self, finite: list[float]) -> tuple[int, list[int] | str, int] | None:
         """The interval's first step skipped for non-finite gradients, given each step's finite flag
@@ -151,11 +154,14 @@ class Meter:
         return first, positions, len(bad)
 
     def state_dict(self) -> dict[str, object]:
-        rows, _, _, extras = self.columns()
+        """The interval so far as the log step will average it: each step's values over the ranks
+        (every rank captures a checkpoint, so the collectives are reached), and its largest loss."""
+        rows, step_max, _, extras = self.columns(across_ranks=True)
         first = self.first_nonfinite(rows[_FINITE])
         per_step = torch.zeros(6, self.capacity)  # the layout of checkpoints since 6cfab1e, and a row
         per_step[:, :self.steps] = torch.tensor(rows)
-        return {"per_step": per_step, "extras": {k: torch.tensor(v) for k, v in extras.items()},
+        return {"per_step": per_step, "loss_max": torch.tensor(step_max),
+                "extras": {k: torch.tensor(v) for k, v in extras.items()},
                 "nonfinite": list(first[:2]) if first else None,
                 "carried": torch.tensor(self.carried), "counted_from": self.counted_from,
                 "skipped_total": torch.tensor(self.skipped_total), "clipped_total": torch.tensor(self.clipped_total),
@@ -175,6 +181,7 @@ class Meter:
         self.restored = saved + [[0.0] * self.steps for _ in range(6 - len(saved))]
         self.restored_extras = {k: v.tolist() for k, v in state.get("extras", {}).items()}  # none before z_loss
         self.restored_nonfinite = state.get("nonfinite")
+        self.restored_max = state["loss_max"].tolist() if "loss_max" in state else None  # rank 0's losses before
         self.results = []
         if "carried" in state:
             self.carried, self.counted_from = state["carried"].tolist(), state["counted_from"]
@@ -230,7 +237,7 @@ class Meter:
                     "nonfinite": self.first_nonfinite(cols[_FINITE])}
         self.carried, self.counted_from = [0.0] * 6, 0
         self.results, self.restored = [], [[] for _ in range(6)]
-        self.restored_extras, self.restored_nonfinite = {}, None
+        self.restored_extras, self.restored_nonfinite, self.restored_max = {}, None, None
         self.steps = self.samples = self.tokens = 0
         self.started = time.perf_counter()
         return out, per_step
