@@ -166,8 +166,10 @@ STATEFUL_CLIPS = {
     # max_norm so low that the controller lowers the lr every 2 steps: its state must carry over.
     "controller": ["clip.controller=true", "clip.max_norm=0.01", "clip.patience=2", "clip.relax_after=3",
                    "clip.warmup_steps=0"],
-    # Not clip policies, but what the meter carries across the stop: the model's extras (train/z_loss).
+    # Not clip policies, but what the meter carries across the stop: the model's extras (train/z_loss),
+    # and the spike score's window (4 steps, so that steps on both sides of the stop are judged).
     "z-loss": ["model.z_loss=0.01", "trainer.log_every=4"],
+    "spike-score": ["log.spike_window=4", "log.spike_sigma=0.5"],
     # Not a clip policy but stateful the same way: so tight that it skips steps on both sides of the stop.
     "skip-step": ["guard.skip=true", "guard.skip_window=4", "guard.skip_sigma=0.5"],
 }
@@ -194,12 +196,16 @@ def test_preempted_and_resumed_in_process_matches_uninterrupted(tmp_path, monkey
     assert sorted(got) == sorted(expected) == list(range(every, 13, every))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+    assert per_step(run, "train/loss_max") == pytest.approx(per_step(ref, "train/loss_max"), rel=1e-6)
     if clip == "controller":
         assert per_step(run, "clip/lr_scale") == per_step(ref, "clip/lr_scale")
         assert per_step(ref, "clip/lr_scale")[12] < 0.1
     if clip == "z-loss":  # stopped after step 6, two steps into the interval 5..8
         z_loss = per_step(ref, "train/z_loss")
         assert per_step(run, "train/z_loss") == pytest.approx(z_loss, rel=1e-6)
+    if clip == "spike-score":
+        scores = per_step(ref, "train/spike_score")
+        assert per_step(run, "train/spike_score") == scores and scores[6] + scores[7] > 0 and sum(scores.values()) < 12
     if clip == "skip-step":
         spikes = per_step(ref, "train/skipped_spikes")
         assert per_step(run, "train/skipped_spikes") == spikes and spikes[6] > 0 and spikes[12] > spikes[6]
