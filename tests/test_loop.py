@@ -1,16 +1,14 @@
 """The loop: reads device values only at log intervals, logs averages of the right steps."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-import trainer
 from trainer import loop
 from trainer.checkpointing import checkpoint
 from tests.conftest import TINY, make_config, read_scalars
+from tests.hostreads.sitecustomize import METHODS, counting
 from trainer.build import build
 from trainer.monitoring.display import Display
 from trainer.loop import train
@@ -29,23 +27,13 @@ def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch, extra):
     more, at the log step after it, to name its tensors.
     """
     monkeypatch.setenv("NAN_GRADS", "15=out.bias")
-    package = str(Path(trainer.__file__).parent)
-    data_pipeline = str(Path(trainer.__file__).parent / "data")
     steps, log_every = 40, 10
     cfg = make_config(*TINY, f"trainer.max_steps={steps}", f"trainer.log_every={log_every}",
                       f"trainer.eval_every={steps}", *extra)
     run = build(cfg)
     calls = []
-    for name in ("item", "tolist", "__bool__", "__float__", "cpu", "numpy"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *a, _original=original, _name=name, **k):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(package) and not caller.startswith(data_pipeline):
-                calls.append(_name)
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
+    for name in METHODS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name), calls))
     train(run, tmp_path, Display(steps, quiet=True))
     monkeypatch.undo()
     # One read per log interval (meter) and one per eval; fp32 has no scaler to read.

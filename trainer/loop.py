@@ -151,15 +151,15 @@ def log_interval(run: Run, step: int, lr: float, m: dict[str, float], per_step: 
     display; a collapsed fp16 loss scale stops the run."""
     totals.clipped = m.pop("clipped_total")
     norms = per_step["norm"]
+    first = step - len(norms) + 1  # the interval's first step: per_step's index 0
     for rank, i, theirs, ref in per_step["differing_ranks"]:
-        display.note(f"log.check_ranks: rank {rank}'s gradient norm at step {step - len(norms) + 1 + i} is "
+        display.note(f"log.check_ranks: rank {rank}'s gradient norm at step {first + i} is "
                      f"{theirs:.8g}, rank 0's {ref:.8g}: the ranks do not hold the same gradients")
     if per_step["nonfinite"]:
         index, positions, skipped = per_step["nonfinite"]
-        first = step - len(norms) + 1 + index
-        display.note(nonfinite.describe(unwrap(run.model), run.params, first, positions, skipped))
+        display.note(nonfinite.describe(unwrap(run.model), run.params, first + index, positions, skipped))
     if getattr(run.clip, "controller", None):
-        steer(run.clip, run.schedule, step - len(norms) + 1, norms, display.note)
+        steer(run.clip, run.schedule, first, norms, display.note)
     m.update(policy_metrics(run, lr, guard, probe))
     logger.log(step, m)
     display.log(step, m, m["train/loss_scale"], lr)

@@ -7,8 +7,9 @@ the non-finite flag as the ``found_inf`` fused optimizers take, so the update is
 host sync, weights and optimizer state untouched. As in OLMo-core, a skipped spike still joins the
 window: a window of good steps only never takes in a lasting rise of the loss, and then skips
 every step after it for good, a run frozen (the instability benchmark showed it:
-recipes/stability.md). The standard deviation is the sample one (n - 1), as torch.std_mean gives OLMo-core. With more
-than one process the loss judged is the mean over the ranks, so that every rank skips alike.
+recipes/stability.md). The standard deviation is the sample one (n - 1), as torch.std_mean gives
+OLMo-core. With more than one process the loss judged is the mean over the ranks, so that every
+rank skips alike.
 """
 
 from __future__ import annotations

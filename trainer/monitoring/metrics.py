@@ -132,7 +132,7 @@ class Meter:
         clipped_norm, clipped = self.clip_stats(row["norm"]) if derived else (row["clipped_norm"], row["clipped"])
         fresh = (row["loss"], row["norm"], clipped_norm, [float(c) for c in clipped], [1.0 - s for s in row["skipped"]],
                  row.get("spiked", [0.0] * len(self.results)))
-        for k in {*extras, *extra_names}:
+        for k in sorted({*extras, *extra_names}):  # by name, as they are logged
             extras[k] = extras.get(k, [math.nan] * restored) + row.get(k, [math.nan] * len(self.results))
         step_max = restored_max + (fresh_max or row["loss"])
         return [old + new for old, new in zip(rows, fresh)], step_max, differing, extras
