@@ -141,6 +141,48 @@ def test_spike_score_counts_steps_above_mean_plus_sigma_std_of_the_steps_before(
     assert len(score.history) == 4 and (math.nan, math.inf) not in score.history
 
 
+def spikes_by_definition(steps, window, sigma):
+    """Each step's spike flag (None: not finite, not judged), straight from the definition, one step
+    at a time: against statistics.fmean and pstdev of the finite steps before it, at most `window`
+    of them and at least half as many."""
+    import statistics
+
+    past, flags = [], []
+    for loss, norm in steps:
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            flags.append(None)
+            continue
+        last = past[-window:]
+        flags.append(len(last) >= max(2, window // 2) and any(
+            x > statistics.fmean(col) + sigma * statistics.pstdev(col) for x, col in zip((loss, norm), zip(*last))))
+        past.append((loss, norm))
+    return flags
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("window", [4, 7, 20])
+def test_spike_score_agrees_with_the_definition_step_by_step_while_the_window_fills_and_when_full(window):
+    """300 steps of noisy losses and norms with spikes and non-finite steps, in intervals of 1 to 13
+    steps: each interval's score is its share of steps the definition flags (spikes_by_definition),
+    both while the window fills and once full (numpy's windows at once)."""
+    import random
+
+    rng = random.Random(window)
+    steps = [(rng.lognormvariate(0, 0.3), rng.lognormvariate(0, 0.5)) for _ in range(300)]
+    for i in rng.sample(range(300), 12):
+        steps[i] = (steps[i][0] * 20, steps[i][1])
+    for i in rng.sample(range(300), 6):
+        steps[i] = (math.nan, math.inf) if i % 2 else (steps[i][0], math.nan)
+    flags = spikes_by_definition(steps, window, sigma=2.0)
+    score, start, seen = SpikeScore(window, sigma=2.0), 0, 0
+    while start < len(steps):
+        interval = steps[start:start + rng.randint(1, 13)]
+        expected = sum(1 for f in flags[start:start + len(interval)] if f) / len(interval)
+        assert score([s[0] for s in interval], [s[1] for s in interval]) == pytest.approx(expected, abs=1e-12)
+        start, seen = start + len(interval), seen + expected * len(interval)
+    assert seen >= 10  # the spikes were there to find
+
+
 @pytest.mark.unit
 def test_loss_max_is_the_largest_finite_step_loss_of_the_interval():
     meter = Meter(CPU, 4)

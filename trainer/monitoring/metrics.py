@@ -8,7 +8,9 @@ import time
 from collections import deque
 from typing import Callable
 
+import numpy as np
 import torch
+from numpy.lib.stride_tricks import as_strided
 
 from trainer import distributed
 from trainer.config import ConfigError
@@ -24,21 +26,36 @@ class SpikeScore:
     """train/spike_score: the share of an interval's steps whose loss or gradient norm is more than
     ``sigma`` (population) standard deviations above the mean of the ``window`` finite steps before
     it, judged once half a window is there; a non-finite step is no spike (it is a skipped step).
-    On the host, at the log step, from the per-step values the meter reads anyway: no device work."""
+    On the host, at the log step, from the per-step values the meter reads anyway: no device work.
+
+    With a full window (every log step after the first ``window`` steps) numpy takes the mean and
+    std of every step's window at once, as strided views of one array: about 0.25 ms a log step of
+    the tiny bench preset's loop, where statistics.fmean and pstdev (exact fractions), per step and
+    value, took about 1.9 ms.
+    """
 
     def __init__(self, window: int, sigma: float):
         self.sigma = sigma
         self.history: deque[tuple[float, float]] = deque(maxlen=window)
 
     def __call__(self, losses: list[float], norms: list[float]) -> float:
+        # Non-finite steps are counted in train/skipped_steps, and kept out of the window.
+        steps = [s for s in zip(losses, norms) if math.isfinite(s[0]) and math.isfinite(s[1])]
+        window, past = self.history.maxlen, len(self.history)
+        values = np.array(tuple(zip(*self.history, *steps)) or ((), ()), dtype=np.float64)  # rows: loss, norm
         spikes = 0
-        for step in zip(losses, norms):
-            if not all(math.isfinite(x) for x in step):
-                continue  # counted in train/skipped_steps, and kept out of the window
-            if len(self.history) >= max(2, self.history.maxlen // 2):
-                spikes += any(x > statistics.fmean(past) + self.sigma * statistics.pstdev(past)
-                              for x, past in zip(step, zip(*self.history)))
-            self.history.append(step)
+        if steps and past == window:  # each step's window is the `window` values before it
+            # (2, steps, window) views into values, contiguous along the window (sliding_window_view's
+            # result, without its checks: 4 us against 12)
+            row, col = values.strides
+            windows = as_strided(values, (2, len(steps), window), (row, col, col), writeable=False)
+            over = values[:, past:] > windows.mean(axis=-1) + self.sigma * windows.std(axis=-1)
+            spikes = int(over.any(axis=0).sum())
+        else:  # the window is still filling: each step against the i values before it
+            for i in range(max(past, 2, window // 2), past + len(steps)):
+                before = values[:, max(0, i - window):i]
+                spikes += bool((values[:, i] > before.mean(axis=1) + self.sigma * before.std(axis=1)).any())
+        self.history.extend(steps)
         return spikes / len(losses) if losses else 0.0
 
 
