@@ -16,7 +16,11 @@ from trainer.monitoring.report import read_scalars
 pytestmark = pytest.mark.integration
 
 METRICS = [{"train/loss": 2.5, "train/grad_norm": 1.25, "train/lr": 3e-4, "train/skipped_steps": 0.0},
-           {"train/loss": 2.0, "train/grad_norm": float("inf"), "train/lr": 2.5e-4, "train/skipped_steps": 1.0}]
+           {"train/loss": 2.0, "train/grad_norm": float("inf"), "train/lr": 2.5e-4, "train/skipped_steps": 1.0},
+           # other tags (a step that adds one), then the first ones again: the logger reuses its summary
+           {"train/loss": 1.5, "train/grad_norm": 0.5, "train/z_loss": 0.25, "train/lr": 2e-4, "train/skipped_steps": 1.0},
+           {"train/loss": 1.0, "train/grad_norm": 0.75, "train/lr": 1.5e-4, "train/skipped_steps": 2}]
+STEPS = (10, 20, 30, 40)
 
 
 def events(run_dir):
@@ -30,7 +34,7 @@ def test_a_log_step_is_one_event_holding_what_add_scalar_would_write(tmp_path):
     run = build(make_config(*TINY))
     logger = Logger(run, tmp_path / "ours", start_step=0, main=True)
     reference = SummaryWriter(str(tmp_path / "add_scalar"))
-    for step, metrics in zip((10, 20), METRICS):
+    for step, metrics in zip(STEPS, METRICS):
         logger.log(step, metrics)
         for tag, value in metrics.items():
             reference.add_scalar(tag, value, step)
@@ -39,9 +43,10 @@ def test_a_log_step_is_one_event_holding_what_add_scalar_would_write(tmp_path):
 
     scalars = read_scalars(tmp_path / "ours")
     for tag in METRICS[0]:
-        assert scalars[tag] == [(10, pytest.approx(METRICS[0][tag])), (20, pytest.approx(METRICS[1][tag]))]
+        assert scalars[tag] == [(step, pytest.approx(m[tag])) for step, m in zip(STEPS, METRICS)]
+    assert scalars["train/z_loss"] == [(30, 0.25)]
     ours = [e for e in events(tmp_path / "ours") if e.summary.value[0].tag.startswith("train/")]
-    assert [(e.step, len(e.summary.value)) for e in ours] == [(10, 4), (20, 4)]
+    assert [(e.step, len(e.summary.value)) for e in ours] == [(10, 4), (20, 4), (30, 5), (40, 4)]
     theirs = events(tmp_path / "add_scalar")
     assert [v for e in ours for v in e.summary.value] == [v for e in theirs for v in e.summary.value]
 

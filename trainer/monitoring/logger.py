@@ -48,6 +48,8 @@ class Logger:
     def __init__(self, run: Run, run_dir: Path, start_step: int, main: bool):
         self.every, self.max_steps = run.cfg.trainer.log_every, run.cfg.trainer.max_steps
         self.writer: SummaryWriter | None = None
+        self.tags: tuple[str, ...] = ()  # of the summary log() reuses
+        self.summary = Summary()
         self.mlflow = None
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +59,9 @@ class Logger:
             wait_to_sort_last(run_dir)
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1)
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "\n```")
+            # Written before the first step: the writer's thread checksums each event in pure Python
+            # (about 0.2 ms for the config), which would otherwise run during the first steps.
+            self.writer.flush()
             if run.cfg.log.get("mlflow"):
                 from trainer.monitoring.mlflow_run import MLflowRun
 
@@ -71,11 +76,17 @@ class Logger:
 
         All of them in one event, as add_scalar would write each (a simple_value): one summary of
         eleven values costs a seventh of eleven add_scalar calls (120 against 900 us measured here),
-        and TensorBoard reads either the same.
+        and TensorBoard reads either the same. The summary is kept and only its values set while
+        the tags stay the same (every log step but the first, as a rule): 3 us against 13 to build
+        it; the writer copies it into each event.
         """
         if self.writer:
-            values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
-            self.writer.file_writer.add_summary(Summary(value=values), step)
+            if tuple(metrics) != self.tags:
+                self.tags = tuple(metrics)
+                self.summary = Summary(value=[Summary.Value(tag=tag) for tag in self.tags])
+            for slot, value in zip(self.summary.value, metrics.values()):
+                slot.simple_value = float(value)
+            self.writer.file_writer.add_summary(self.summary, step)
         if self.mlflow:
             self.mlflow.log(step, metrics)
 

@@ -42,6 +42,9 @@ class SpikeScore:
         # Non-finite steps are counted in train/skipped_steps, and kept out of the window.
         steps = [s for s in zip(losses, norms) if math.isfinite(s[0]) and math.isfinite(s[1])]
         window, past = self.history.maxlen, len(self.history)
+        if past + len(steps) <= max(2, window // 2):  # no step has half a window before it yet
+            self.history.extend(steps)
+            return 0.0
         values = np.array(tuple(zip(*self.history, *steps)) or ((), ()), dtype=np.float64)  # rows: loss, norm
         spikes = 0
         if steps and past == window:  # each step's window is the `window` values before it
