@@ -29,7 +29,8 @@ test-fast: install
 
 # trainer's loop against a hand-written loop, and clipping's cost: the default GPT with bf16 autocast
 # and norm clipping, at a batch (4 x 64 tokens) that takes under two minutes on 2 CPU cores; then
-# the tiny preset, where the loop's own per-step cost shows (under a minute).
+# the tiny preset, where the loop's own per-step cost shows (under a minute), in 50-step blocks and in
+# 300-step blocks: a long run's steady state, where log steps judge train/spike_score's full window.
 BENCH := --steps 10 --repeats 9 amp=bf16 data.batch_size=4 data.seq_len=64
 bench: install
 ifdef ARGS
@@ -37,6 +38,7 @@ ifdef ARGS
 else
 	$(BIN)/trainer bench $(BENCH)
 	$(BIN)/trainer bench --preset tiny
+	$(BIN)/trainer bench --preset tiny --steps 300 --repeats 6
 endif
 
 # --help, config errors and a one-step run, each a whole process (median of 7); about two minutes.
