@@ -46,6 +46,23 @@ def test_measure_reports_every_side_and_clipping_cost():
     for column in ("aten ops/step", "top-level ops/step"):
         assert rows[0][column].isdigit() and all(re.fullmatch(r"\d+ \([+-]\d+\)", r[column]) for r in rows[1:])
     assert notes[0].startswith("clipping, end to end") and notes[1].startswith("clipping, isolated")
+    # fused AdamW (optim.fused's default) takes the on-device non-finite flag: its cost is timed too
+    assert re.match(r"the non-finite skip, isolated: optimizer.step\(\) with the on-device flag [\d.]+ us against "
+                    r"[\d.]+ us without \([+-][\d.]+% of the step", notes[2])
+
+
+@pytest.mark.integration
+def test_the_skip_is_timed_against_a_plain_step_only_where_the_optimizer_takes_the_flag(monkeypatch):
+    """Fused AdamW: both sides are real optimizer steps (the step counts grow by both); a foreach
+    optimizer has no on-device skip (the loop reads the flag on the host), so nothing to time."""
+    run = build(make_config(*TINY))
+    calls = []
+    monkeypatch.setattr(bench, "_sync", lambda device: calls.append(device))
+    flag, plain = bench.skip_cost_us(run, calls=3, blocks=2)
+    assert flag > 0 and plain > 0 and len(calls) == 2 * 2 * 3  # 3 blocks (a warm-up), 2 sides, before and after
+    assert all(s["step"].item() == 3 * 2 * 3 for s in run.optimizer.state.values())
+    assert all(p.grad is None for p in run.params)
+    assert bench.skip_cost_us(build(make_config(*TINY, "optim.fused=false"))) is None
 
 
 @pytest.mark.integration

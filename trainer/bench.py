@@ -208,6 +208,36 @@ def clip_cost_ms(run: Run, calls: int = 50) -> float:
     return statistics.median(times[5:])
 
 
+def skip_cost_us(run: Run, calls: int = 100, blocks: int = 10) -> tuple[float, float] | None:
+    """Median us of one optimizer.step() on the model's real gradients as the loop makes it, with the
+    non-finite flag handed to a fused optimizer (step_if_finite, the flag 0), and as a plain
+    step(), interleaved in blocks of `calls`; None for an optimizer without that on-device skip.
+    The difference is what skipping non-finite steps on the device costs a good step: torch takes
+    the flag back off each step count (a _foreach_sub_; one sub_ per tensor on a CPU)."""
+    from trainer.precision import step_if_finite
+
+    optimizer = run.optimizer
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return None
+    batch = to_device(next(run.train_batches), run.device)
+    with run.precision.autocast():
+        loss = model_loss(run.model(**batch))[0]
+    loss.backward()
+    finite = torch.zeros((), dtype=torch.float32, device=run.device)
+    sides = {"flag": lambda: step_if_finite(optimizer, finite), "plain": optimizer.step}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(blocks + 1):  # the first block warms up
+        for name, step in sides.items():
+            _sync(run.device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                step()
+            _sync(run.device)
+            times[name].append(1e6 * (time.perf_counter() - start) / calls)
+    optimizer.zero_grad(set_to_none=True)
+    return statistics.median(times["flag"][1:]), statistics.median(times["plain"][1:])
+
+
 def _count(ops: dict[str, tuple[float, float]], name: str, kind: int) -> str:
     """One side's ops per step, and its difference to raw's."""
     n = ops[name][kind]
@@ -294,6 +324,11 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
         f"clipping, isolated: clip_grad_norm_(foreach) on this model's gradients = {isolated:.3f} ms "
         f"({100 * isolated / step_ms:.2f}% of the step; median of 50 calls)",
     ]
+    if skip := skip_cost_us(raw_run):
+        flag, plain = skip
+        notes.append(f"the non-finite skip, isolated: optimizer.step() with the on-device flag {flag:.1f} us against "
+                     f"{plain:.1f} us without ({100 * (flag - plain) / 1000 / step_ms:+.2f}% of the step; medians of 10 "
+                     "blocks of 100 calls, interleaved)")
     if after_log and others:
         a, o = statistics.median(after_log), statistics.median(others)
         notes.append(f"log steps: the step after one (it carries the host read and the TensorBoard writes) takes "
