@@ -49,6 +49,18 @@ def test_measure_reports_every_side_and_clipping_cost():
     # fused AdamW (optim.fused's default) takes the on-device non-finite flag: its cost is timed too
     assert re.match(r"the non-finite skip, isolated: optimizer.step\(\) with the on-device flag [\d.]+ us against "
                     r"[\d.]+ us without \([+-][\d.]+% of the step", notes[2])
+    assert re.match(r"TensorBoard, isolated: a log step's event \(1[0-9] scalars\) costs \d+ us of process CPU", notes[3])
+
+
+@pytest.mark.integration
+def test_tensorboard_is_timed_on_the_events_a_log_step_writes(tmp_path):
+    """The events are really written, each holding the metrics given, at steps 1..events."""
+    from trainer.monitoring.report import read_scalars
+
+    metrics = {"train/loss": 2.5, "train/grad_norm": 0.75, "perf/tokens_per_sec": 1000.0}
+    assert bench.tensorboard_cost_us(build(make_config(*TINY)), tmp_path, metrics, events=7) > 0
+    scalars = read_scalars(tmp_path)
+    assert {tag: scalars[tag] for tag in metrics} == {tag: [(s, v) for s in range(1, 8)] for tag, v in metrics.items()}
 
 
 @pytest.mark.integration

@@ -84,6 +84,7 @@ class _Clock(Display):
         self.last_step = steps
         self.profiler = profiler
         self.marks: list[float] = []  # [0]: the start; [k]: the end of step k (before its log work)
+        self.metrics: dict[str, float] = {}  # what the last log step recorded
 
     def step(self, step: int) -> None:
         if not self.start:
@@ -104,6 +105,7 @@ class _Clock(Display):
         # The log follows the interval's host read, so the device has finished every step by now.
         # The first log at or after max_steps: a run that goes on (ops are counted over fewer steps
         # than it trains) may not log at max_steps itself.
+        self.metrics = m
         if step >= self.max_steps and not self.end:
             self.end, self.cpu_end, self.last_step = time.perf_counter(), time.process_time(), step
             if self.profiler:
@@ -238,6 +240,23 @@ def skip_cost_us(run: Run, calls: int = 100, blocks: int = 10) -> tuple[float, f
     return statistics.median(times["flag"][1:]), statistics.median(times["plain"][1:])
 
 
+def tensorboard_cost_us(run: Run, out: Path, metrics: dict[str, float], events: int = 200) -> float:
+    """Process CPU us per log step's TensorBoard event as the Logger writes it, its writer's thread
+    included (the pure-Python checksum, the append to the event file): `events` events of these
+    metrics at steps 1..events into out, flushed."""
+    from trainer.monitoring.logger import Logger
+
+    logger = Logger(run, out, 0, main=True)
+    try:
+        cpu = time.process_time()
+        for step in range(1, events + 1):
+            logger.log(step, metrics)
+        logger.flush()
+        return 1e6 * (time.process_time() - cpu) / events
+    finally:
+        logger.close()
+
+
 def _count(ops: dict[str, tuple[float, float]], name: str, kind: int) -> str:
     """One side's ops per step, and its difference to raw's."""
     n = ops[name][kind]
@@ -278,6 +297,7 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     memory: dict[str, int] = {name: 0 for name in runs}
     after_log, others = [], []  # the trainer side's step times (ms)
+    logged: dict[str, float] = {}  # what the trainer side's log steps record
     names = list(runs)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats + 1):
@@ -290,12 +310,13 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
                     cpu[name].append(cpu_seconds)
                     if name == "trainer":
                         a, o = clock.step_times(cfg.trainer.log_every)
-                        after_log, others = after_log + a, others + o
+                        after_log, others, logged = after_log + a, others + o, clock.metrics
                     if cuda:
                         memory[name] = max(memory[name], torch.cuda.max_memory_allocated(device))
         counted = min(steps, max(20, cfg.trainer.log_every))  # a log step among them, as in the timed steps
         ops = {name: ops_per_step(name, runs[name], counted, Path(tmp) / f"ops-{names.index(name)}")
                for name in names}
+        tensorboard = tensorboard_cost_us(runs["trainer"], Path(tmp) / "tensorboard", logged) if logged else None
     flops, peak = flops_per_token(raw_run), peak or peak_flops(device, raw_run.precision.name)
     raw = statistics.median(times["raw"])
     rows = []
@@ -329,6 +350,11 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
         notes.append(f"the non-finite skip, isolated: optimizer.step() with the on-device flag {flag:.1f} us against "
                      f"{plain:.1f} us without ({100 * (flag - plain) / 1000 / step_ms:+.2f}% of the step; medians of 10 "
                      "blocks of 100 calls, interleaved)")
+    if tensorboard is not None:
+        interval = step_ms * cfg.trainer.log_every
+        notes.append(f"TensorBoard, isolated: a log step's event ({len(logged)} scalars) costs {tensorboard:.0f} us of "
+                     f"process CPU, the writer's thread included ({100 * tensorboard / 1000 / interval:.2f}% of a "
+                     f"log interval; 200 events)")
     if after_log and others:
         a, o = statistics.median(after_log), statistics.median(others)
         notes.append(f"log steps: the step after one (it carries the host read and the TensorBoard writes) takes "
