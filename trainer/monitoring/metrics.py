@@ -30,7 +30,7 @@ class SpikeScore:
     On the host, at the log step, from the per-step values the meter reads anyway: no device work.
 
     With a full window (every log step after the first ``window`` steps) numpy takes the mean and
-    std of every step's window at once, as strided views of one array: about 0.25 ms a log step of
+    std of every step's window at once, as strided views of one array: about 0.2 ms a log step of
     the tiny bench preset's loop, where statistics.fmean and pstdev (exact fractions), per step and
     value, took about 1.9 ms.
     """
@@ -53,7 +53,10 @@ class SpikeScore:
             # result, without its checks: 4 us against 12)
             row, col = values.strides
             windows = as_strided(values, (2, len(steps), window), (row, col, col), writeable=False)
-            over = values[:, past:] > windows.mean(axis=-1) + self.sigma * windows.std(axis=-1)
+            mean = windows.mean(axis=-1)
+            deviations = windows - mean[..., None]  # the population std by einsum: half the time of .std()
+            std = np.sqrt(np.einsum("ijk,ijk->ij", deviations, deviations) / window)
+            over = values[:, past:] > mean + self.sigma * std
             spikes = int(over.any(axis=0).sum())
         else:  # the window is still filling: each step against the i values before it
             for i in range(max(past, 2, window // 2), past + len(steps)):
