@@ -30,7 +30,8 @@ test-fast: install
 # trainer's loop against a hand-written loop, and clipping's cost: the default GPT with bf16 autocast
 # and norm clipping, at a batch (4 x 64 tokens) that takes under two minutes on 2 CPU cores; then
 # the tiny preset, where the loop's own per-step cost shows (under a minute), in 50-step blocks and in
-# 300-step blocks: a long run's steady state, where log steps judge train/spike_score's full window.
+# 300-step blocks: a long run's steady state, where log steps judge train/spike_score's full window and
+# the default checkpoint.every=100 saves twice a block (the raw loop saves nothing; add checkpoint.every=0).
 BENCH := --steps 10 --repeats 9 amp=bf16 data.batch_size=4 data.seq_len=64
 bench: install
 ifdef ARGS
