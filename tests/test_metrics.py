@@ -1,6 +1,8 @@
 """The meter: each step's values kept as the step returned them, the interval's averages taken at the log step."""
 
 import math
+import random
+import statistics
 
 import pytest
 import torch
@@ -145,8 +147,6 @@ def spikes_by_definition(steps, window, sigma):
     """Each step's spike flag (None: not finite, not judged), straight from the definition, one step
     at a time: against statistics.fmean and pstdev of the finite steps before it, at most `window`
     of them and at least half as many."""
-    import statistics
-
     past, flags = [], []
     for loss, norm in steps:
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -165,8 +165,6 @@ def test_spike_score_agrees_with_the_definition_step_by_step_while_the_window_fi
     """300 steps of noisy losses and norms with spikes and non-finite steps, in intervals of 1 to 13
     steps: each interval's score is its share of steps the definition flags (spikes_by_definition),
     both while the window fills and once full (numpy's windows at once)."""
-    import random
-
     rng = random.Random(window)
     steps = [(rng.lognormvariate(0, 0.3), rng.lognormvariate(0, 0.5)) for _ in range(300)]
     for i in rng.sample(range(300), 12):

@@ -192,12 +192,17 @@ def paired_ratio(side: list[float], raw: list[float]) -> tuple[float, float, flo
     return statistics.median(ratios), q1, q3
 
 
-def clip_cost_ms(run: Run, calls: int = 50) -> float:
-    """Median ms of one clip_grad_norm_(foreach) on the model's real gradients, after a backward."""
+def _backward(run: Run) -> None:
+    """The model's real gradients, from one batch, for the isolated timings below."""
     batch = to_device(next(run.train_batches), run.device)
     with run.precision.autocast():
         loss = model_loss(run.model(**batch))[0]
     loss.backward()
+
+
+def clip_cost_ms(run: Run, calls: int = 50) -> float:
+    """Median ms of one clip_grad_norm_(foreach) on the model's real gradients, after a backward."""
+    _backward(run)
     max_norm = run.cfg.clip.get("max_norm") or 1.0
     times = []
     for _ in range(calls + 5):
@@ -221,10 +226,7 @@ def skip_cost_us(run: Run, calls: int = 100, blocks: int = 10) -> tuple[float, f
     optimizer = run.optimizer
     if not getattr(optimizer, "_step_supports_amp_scaling", False):
         return None
-    batch = to_device(next(run.train_batches), run.device)
-    with run.precision.autocast():
-        loss = model_loss(run.model(**batch))[0]
-    loss.backward()
+    _backward(run)
     finite = torch.zeros((), dtype=torch.float32, device=run.device)
     sides = {"flag": lambda: step_if_finite(optimizer, finite), "plain": optimizer.step}
     times: dict[str, list[float]] = {name: [] for name in sides}

@@ -43,10 +43,11 @@ class SpikeScore:
         # Non-finite steps are counted in train/skipped_steps, and kept out of the window.
         steps = [s for s in zip(losses, norms) if math.isfinite(s[0]) and math.isfinite(s[1])]
         window, past = self.history.maxlen, len(self.history)
-        if past + len(steps) <= max(2, window // 2):  # no step has half a window before it yet
+        least = max(2, window // 2)  # values before a step for it to be judged
+        if past + len(steps) <= least:  # no step has that many before it yet
             self.history.extend(steps)
             return 0.0
-        values = np.array(tuple(zip(*self.history, *steps)) or ((), ()), dtype=np.float64)  # rows: loss, norm
+        values = np.array(tuple(zip(*self.history, *steps)), dtype=np.float64)  # rows: loss, norm
         spikes = 0
         if steps and past == window:  # each step's window is the `window` values before it
             # (2, steps, window) views into values, contiguous along the window (sliding_window_view's
@@ -59,7 +60,7 @@ class SpikeScore:
             over = values[:, past:] > mean + self.sigma * std
             spikes = int(over.any(axis=0).sum())
         else:  # the window is still filling: each step against the i values before it
-            for i in range(max(past, 2, window // 2), past + len(steps)):
+            for i in range(max(past, least), past + len(steps)):
                 before = values[:, max(0, i - window):i]
                 spikes += bool((values[:, i] > before.mean(axis=1) + self.sigma * before.std(axis=1)).any())
         self.history.extend(steps)
