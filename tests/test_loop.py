@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer import loop
+from trainer import loop, precision
 from trainer.checkpointing import checkpoint
 from tests.conftest import TINY, make_config, read_scalars
 from tests.hostreads.sitecustomize import METHODS, counting
@@ -17,16 +17,21 @@ from trainer.precision import Precision
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("accelerator", [False, True], ids=["cpu", "accelerator-path"])
 @pytest.mark.parametrize("extra", [[], ["guard.skip=true"], ["model._target_=tests.poison.NaNGradLM"],
                                    ["model.z_loss=1e-4"]], ids=["default", "skip-step", "nan-step", "z-loss"])
-def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch, extra):
-    """Count every way trainer's code brings a tensor to the host; only log intervals and evals may.
+def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch, extra, accelerator):
+    """Count every way trainer's code brings a tensor to the host; only log intervals and evals may,
+    and on a CPU the non-finite flag (precision.step_if_finite: the device is the host there).
 
-    Calls from the data pipeline (host-side index tensors in trainer/data and the DataLoader) are not
-    device reads and are not counted. A step with NaN gradients (step 15, nan-step) costs one read
-    more, at the log step after it, to name its tensors.
+    accelerator-path: the step as on a GPU, the flag handed to fused AdamW (step_on_device); then
+    not one read per step. Calls from the data pipeline (host-side index tensors in trainer/data and
+    the DataLoader) are not device reads and are not counted. A step with NaN gradients (step 15,
+    nan-step) costs one read more, at the log step after it, to name its tensors.
     """
     monkeypatch.setenv("NAN_GRADS", "15=out.bias")
+    if accelerator:
+        monkeypatch.setattr(precision, "step_if_finite", precision.step_on_device)
     steps, log_every = 40, 10
     cfg = make_config(*TINY, f"trainer.max_steps={steps}", f"trainer.log_every={log_every}",
                       f"trainer.eval_every={steps}", *extra)
@@ -36,8 +41,11 @@ def test_host_reads_happen_only_at_log_intervals(tmp_path, monkeypatch, extra):
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name), calls))
     train(run, tmp_path, Display(steps, quiet=True))
     monkeypatch.undo()
+    flag = [c for c in calls if c.startswith("item precision.py:")]
+    assert len(flag) == (0 if accelerator else steps), flag
     # One read per log interval (meter) and one per eval; fp32 has no scaler to read.
-    assert len(calls) == steps // log_every + 1 + ("NaNGradLM" in str(extra)), calls
+    others = [c for c in calls if c not in flag]
+    assert len(others) == steps // log_every + 1 + ("NaNGradLM" in str(extra)), others
 
 
 @pytest.mark.integration

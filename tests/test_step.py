@@ -106,8 +106,13 @@ def snapshot(model, opt):
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("fused", [True, False])
-def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
+@pytest.mark.parametrize("fused, on_device", [(True, False), (True, True), (False, False)],
+                         ids=["fused", "fused-on-device", "unfused"])
+def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused, on_device, monkeypatch):
+    """On a CPU the flag is read on the host; fused-on-device takes an accelerator's path on the CPU
+    (the flag handed to fused AdamW as found_inf), which CI has no GPU to take otherwise."""
+    if on_device:
+        monkeypatch.setattr(P, "step_if_finite", P.step_on_device)
     model = Poisonable()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused, foreach=None if fused else False)
     prec = {"fp32": P.fp32, "bf16": P.bf16}.get(amp) or (
@@ -137,6 +142,32 @@ def test_non_finite_step_leaves_weights_and_optimizer_untouched(amp, fused):
     # And a good step afterwards does update.
     assert train_step(model, opt, [good], 1, prec, clip, params).skipped.item() == 0.0
     assert not torch.equal(model.w.detach(), weights["w"])
+
+
+class StepRecorder:
+    """An optimizer as step_if_finite sees one: records each step() and the flag it held then."""
+
+    _step_supports_amp_scaling = True
+
+    def __init__(self):
+        self.steps = []
+
+    def step(self):
+        self.steps.append(getattr(self, "found_inf", None))
+
+
+@pytest.mark.parametrize("flag", [0.0, 1.0])
+def test_the_flag_is_read_on_a_cpu_and_handed_to_the_optimizer_elsewhere(flag):
+    """A CPU flag is read on the host: a step for 0, none for 1, no found_inf handed over. A flag on
+    any other device (meta here: reading it would raise) goes to the optimizer unread, as found_inf,
+    and is taken off it again afterwards."""
+    cpu = StepRecorder()
+    P.step_if_finite(cpu, torch.tensor(flag))
+    assert cpu.steps == ([None] if flag == 0.0 else [])
+    elsewhere, found_inf = StepRecorder(), torch.tensor(flag, device="meta")
+    P.step_if_finite(elsewhere, found_inf)
+    assert len(elsewhere.steps) == 1 and elsewhere.steps[0] is found_inf
+    assert not hasattr(elsewhere, "found_inf") and not hasattr(elsewhere, "grad_scale")
 
 
 def test_half_precision_on_a_cpu_without_it_is_said_once_with_a_measured_factor():

@@ -216,11 +216,11 @@ def clip_cost_ms(run: Run, calls: int = 50) -> float:
 
 
 def skip_cost_us(run: Run, calls: int = 100, blocks: int = 10) -> tuple[float, float] | None:
-    """Median us of one optimizer.step() on the model's real gradients as the loop makes it, with the
-    non-finite flag handed to a fused optimizer (step_if_finite, the flag 0), and as a plain
-    step(), interleaved in blocks of `calls`; None for an optimizer without that on-device skip.
-    The difference is what skipping non-finite steps on the device costs a good step: torch takes
-    the flag back off each step count (a _foreach_sub_; one sub_ per tensor on a CPU)."""
+    """Median us of one optimizer.step() on the model's real gradients as the loop makes it, through
+    step_if_finite with the non-finite flag 0, and as a plain step(), interleaved in blocks of
+    `calls`; None for an optimizer without the on-device skip (fused). The difference is what the
+    skip of non-finite steps costs a good step: on an accelerator the flag goes to the optimizer,
+    which takes it back off each step count (a _foreach_sub_); on a CPU it is read on the host."""
     from trainer.precision import step_if_finite
 
     optimizer = run.optimizer
@@ -349,7 +349,7 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
     ]
     if skip := skip_cost_us(raw_run):
         flag, plain = skip
-        notes.append(f"the non-finite skip, isolated: optimizer.step() with the on-device flag {flag:.1f} us against "
+        notes.append(f"the non-finite skip, isolated: optimizer.step() with the flag {flag:.1f} us against "
                      f"{plain:.1f} us without ({100 * (flag - plain) / 1000 / step_ms:+.2f}% of the step; medians of 10 "
                      "blocks of 100 calls, interleaved)")
     if tensorboard is not None:
