@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from tests.conftest import TINY, make_config
 from trainer.build import build
-from trainer.monitoring.logger import Logger
+from trainer.monitoring.logger import Logger, masked_crc32c, use_c_checksum
 from trainer.monitoring.report import read_scalars
 
 pytestmark = pytest.mark.integration
@@ -68,3 +69,33 @@ def test_a_resumed_runs_events_sort_after_the_interrupted_runs_in_the_same_secon
         resumed.log(step, {"train/loss": float(step)})
     resumed.close()
     assert read_scalars(tmp_path)["train/loss"] == [(s, float(s)) for s in range(1, 13)]
+
+
+def test_the_c_checksum_is_tensorboards_and_its_writer_uses_it(tmp_path):
+    """masked_crc32c against TensorBoard's own pure-Python one on strings of every length to 600 (and
+    CRC-32C's standard check value, 0xE3069283 for "123456789"); after a Logger starts, TensorBoard's
+    record writer uses it, and TensorBoard's reader, which checks every record's checksum with its
+    own function, reads the events back."""
+    # Skipped only where trainer's dependencies were not installed (the GPU check's bare python).
+    google_crc32c = pytest.importorskip("google_crc32c")
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure
+    from tensorboard.summary.writer import record_writer
+
+    assert google_crc32c.value(b"123456789") == 0xE3069283
+    data = os.urandom(600)
+    assert all(masked_crc32c(data[:n]) == pure(data[:n]) for n in range(601))
+    logger = Logger(build(make_config(*TINY)), tmp_path, start_step=0, main=True)
+    for step, metrics in zip(STEPS, METRICS):
+        logger.log(step, metrics)
+    logger.close()
+    assert record_writer.masked_crc32c is masked_crc32c
+    assert [e.step for e in events(tmp_path)] == [0, *STEPS]  # the config's text, then the log steps
+
+
+def test_without_the_c_library_tensorboards_own_checksum_stays(monkeypatch):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure
+    from tensorboard.summary.writer import record_writer
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", pure)
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # its import fails
+    assert use_c_checksum() is False and record_writer.masked_crc32c is pure
