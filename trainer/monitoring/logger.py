@@ -13,12 +13,19 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure_masked_crc32c
+from tensorboard.summary.writer import record_writer
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from trainer.build import Run
 from trainer.guard import SpikeGuard
 from trainer.monitoring.layers import LayerProbe
+
+try:  # Google's C CRC-32C, a dependency: see use_c_checksum
+    import google_crc32c
+except ImportError:
+    google_crc32c = None
 
 # The final metrics each run records for TensorBoard's HPARAMS tab and `trainer report`.
 HPARAM_METRICS = {
@@ -33,8 +40,6 @@ HPARAM_METRICS = {
 def masked_crc32c(data: bytes) -> int:
     """TFRecord's masked CRC-32C of data (what TensorBoard's event files hold per record), by
     google-crc32c's C implementation."""
-    import google_crc32c
-
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -50,17 +55,12 @@ def use_c_checksum() -> bool:
     test string; without google-crc32c's C extension, or a TensorBoard whose writer no longer
     looks it up there, the writer is left as it is.
     """
-    try:
-        import google_crc32c
-        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as pure
-        from tensorboard.summary.writer import record_writer
-    except ImportError:
+    if google_crc32c is None or google_crc32c.implementation != "c":
         return False
     if record_writer.__dict__.get("masked_crc32c") is masked_crc32c:
         return True
-    check = bytes(range(256)) * 2
-    if google_crc32c.implementation != "c" or record_writer.__dict__.get("masked_crc32c") is not pure \
-            or masked_crc32c(check) != pure(check):
+    check, pure = bytes(range(256)) * 2, pure_masked_crc32c
+    if record_writer.__dict__.get("masked_crc32c") is not pure or masked_crc32c(check) != pure(check):
         return False
     record_writer.masked_crc32c = masked_crc32c
     return True
