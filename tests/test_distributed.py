@@ -360,7 +360,7 @@ def test_host_reads_do_not_grow_with_the_steps_between_log_steps(tmp_path):
     for rank in (0, 1):
         flags = {name: [c for c in reads[rank] if c.startswith("item precision.py:")]
                  for name, reads in (("short", short), ("long", long))}
-        assert (len(flags["short"]), len(flags["long"])) == (4, 20), flags
+        assert (len(flags["short"]), len(flags["long"])) == ((4, 20) if DEVICE == "cpu" else (0, 0)), flags
         rest = {name: sorted(c for c in reads[rank] if c not in flags[name])
                 for name, reads in (("short", short), ("long", long))}
         assert rest["short"] and rest["short"] == rest["long"], (rank, rest)
