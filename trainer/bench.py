@@ -230,8 +230,9 @@ def skip_cost_us(run: Run, calls: int = 100, blocks: int = 10) -> tuple[float, f
     finite = torch.zeros((), dtype=torch.float32, device=run.device)
     sides = {"flag": lambda: step_if_finite(optimizer, finite), "plain": optimizer.step}
     times: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(blocks + 1):  # the first block warms up
-        for name, step in sides.items():
+    for block in range(blocks + 1):  # the first block warms up
+        # each side first in every other block: whatever the first of a pair pays, both pay alike
+        for name, step in list(sides.items())[::1 if block % 2 else -1]:
             _sync(run.device)
             start = time.perf_counter()
             for _ in range(calls):
