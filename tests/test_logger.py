@@ -100,3 +100,39 @@ def test_without_the_c_library_tensorboards_own_checksum_stays(monkeypatch):
     monkeypatch.setattr(record_writer, "masked_crc32c", pure)
     monkeypatch.setattr(logger, "google_crc32c", None)  # as when its import failed
     assert use_c_checksum() is False and record_writer.masked_crc32c is pure
+
+
+def test_log_steps_reach_the_event_file_in_hand_overs(tmp_path, monkeypatch):
+    """A log step's event waits until HAND_OVER_EVENTS wait (then all go, in order), or the first
+    has waited HAND_OVER_SECONDS; it goes at once at the run's last step, and the waiting ones go
+    before a rollback's restart and at close."""
+    from trainer.monitoring import logger as logger_module
+
+    logger = Logger(build(make_config(*TINY, "trainer.max_steps=100")), tmp_path, start_step=0, main=True)
+
+    def written():
+        logger.writer.flush()  # what the writer was handed, in the file (not the pending events)
+        return [(e.step, e.session_log.status) if e.HasField("session_log") else e.step
+                for e in EventFileLoader(str(next(tmp_path.glob("events.out.tfevents.*")))).Load()
+                if e.HasField("summary") or e.HasField("session_log")]
+
+    start = written()  # the purge's restart marker and the config's text
+    for step in range(1, 10):
+        logger.log(step, {"train/loss": float(step)})
+    assert written() == start
+    logger.log(10, {"train/loss": 10.0})
+    assert written() == [*start, *range(1, 11)]
+    logger.log(11, {"train/loss": 11.0})
+    logger.restarted_at(5)
+    assert written() == [*start, *range(1, 12), (6, 1)]  # 11 before the restart at 6 (SessionLog.START)
+    logger.log(6, {"train/loss": 6.0})
+    monkeypatch.setattr(logger_module, "HAND_OVER_SECONDS", 0.0)  # the first has waited long enough
+    logger.log(7, {"train/loss": 7.0})
+    assert written()[-2:] == [6, 7]
+    monkeypatch.undo()
+    logger.log(8, {"train/loss": 8.0})
+    logger.log(100, {"train/loss": 100.0})  # the last step
+    assert written()[-2:] == [8, 100]
+    logger.log(9, {"train/loss": 9.0})  # waits
+    logger.close()
+    assert [e.step for e in events(tmp_path)][-2:] == [100, 9]

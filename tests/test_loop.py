@@ -128,3 +128,24 @@ def test_compiled_model_trains_to_the_eager_loss(tmp_path):
     assert len(losses[True]) == 7
     for eager, compiled in zip(losses[False], losses[True]):
         assert abs(eager - compiled) < 1e-3 * eager, losses
+
+
+@pytest.mark.integration
+def test_a_checkpoint_finds_every_log_step_before_it_in_the_event_file(tmp_path, monkeypatch):
+    """Log steps reach TensorBoard's writer in hand-overs (monitoring/logger.py); before each
+    checkpoint every one so far is in the event file, so a run killed after it and resumed from it
+    (which drops the later steps) has every step once."""
+    from trainer.checkpointing.checkpointer import Checkpointer
+
+    steps = 30
+    run = build(make_config(*TINY, f"trainer.max_steps={steps}", "trainer.log_every=2", "checkpoint.every=12",
+                            f"trainer.eval_every={steps}"))
+    found, save = {}, Checkpointer.save
+
+    def saving(self, step):
+        found[step] = [s for s, _ in read_scalars(tmp_path)["train/loss"]]
+        return save(self, step)
+
+    monkeypatch.setattr(Checkpointer, "save", saving)
+    train(run, tmp_path, Display(steps, quiet=True))
+    assert found == {at: list(range(2, at + 1, 2)) for at in (12, 24, 30)}

@@ -3,10 +3,10 @@
 Every side is built from the same composed config (a variant adds overrides). Each repeat runs
 every side once, in an order that rotates, so machine noise hits all alike; the first repeat is
 a discarded warm-up. A trainer side is the real ``loop.train`` (device-side metrics, a host read
-and TensorBoard writes every log_every steps); its clock runs from the first step to the last
-log, so the run's fixed costs (opening the event file, the closing eval and checkpoint) are not
-charged per step. The raw loop reads its loss at the same interval, as a hand-written loop that
-prints its loss would.
+and a TensorBoard event every log_every steps, handed to its writer in batches, the last at the
+last step); its clock runs from the first step to the last log, so the run's fixed costs (opening
+the event file, the closing eval and checkpoint) are not charged per step. The raw loop reads its
+loss at the same interval, as a hand-written loop that prints its loss would.
 
 Each side's process CPU time is taken over the same span as its wall time, and reported as the
 median (and interquartile range) of the ratios side/raw within each repeat: on a shared machine
@@ -95,7 +95,7 @@ class _Clock(Display):
 
     def step_times(self, log_every: int) -> tuple[list[float], list[float]]:
         """Wall ms of the steps that carry a log step's work (the step after it: the host read, the
-        TensorBoard writes happen between the two), and of the others."""
+        TensorBoard events happen between the two), and of the others."""
         after_log, others = [], []
         for k in range(2, len(self.marks)):  # marks[k] - marks[k - 1]: step k and the log work of step k - 1
             (after_log if (k - 1) % log_every == 0 else others).append(1000 * (self.marks[k] - self.marks[k - 1]))
@@ -360,7 +360,7 @@ def measure(overrides: list[str], steps: int, repeats: int, variants: list[str],
                      f"log interval; 200 events)")
     if after_log and others:
         a, o = statistics.median(after_log), statistics.median(others)
-        notes.append(f"log steps: the step after one (it carries the host read and the TensorBoard writes) takes "
+        notes.append(f"log steps: the step after one (it carries the host read and the TensorBoard event) takes "
                      f"{a:.2f} ms against {o:.2f} ms for the others (medians of {len(after_log)} and {len(others)}): "
                      f"{a / o:.2f}x a step")
     return rows, notes

@@ -89,6 +89,8 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                 if stop.requested(log_step):
                     logger.flush()
                     checkpointer.preempt(step, stop.name, stop.signum)
+                if checkpointer.due(step):
+                    logger.flush()  # TensorBoard holds every step a checkpoint resumes after
                 checkpointer.after_step(step)
         summary = totals.summary(run, history, guard, checkpointer.dir)
         if hparams is not None:

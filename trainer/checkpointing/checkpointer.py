@@ -75,9 +75,12 @@ class Checkpointer:
         if not checkpoint.checkpoints(self.dir):
             self.save(step)
 
-    def after_step(self, step: int) -> None:
+    def due(self, step: int) -> bool:
         """Every checkpoint.every steps, and after the last step."""
-        if step == self.max_steps or (self.every and step % self.every == 0):
+        return step == self.max_steps or bool(self.every and step % self.every == 0)
+
+    def after_step(self, step: int) -> None:
+        if self.due(step):
             self.save(step)
 
     def preempt(self, step: int, signal_name: str, signum: int) -> None:

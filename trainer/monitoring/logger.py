@@ -37,6 +37,15 @@ HPARAM_METRICS = {
 }
 
 
+# A log step's event waits for TensorBoard's writer until this many wait or the first of them is
+# this old, and goes at once at the run's last step, before a checkpoint, a rollback, a stop, and at
+# the end (Logger.log). Each hand-over wakes the writer's thread once for all of them: woken per
+# event, beside a training step, it cost about 2.5% of the tiny bench preset's CPU (interleaved
+# blocks, three runs: 1.043, 1.049, 1.062 against 1.018, 1.036, 1.028 handed over five at a time).
+HAND_OVER_EVENTS = 10
+HAND_OVER_SECONDS = 2.0
+
+
 def masked_crc32c(data: bytes) -> int:
     """TFRecord's masked CRC-32C of data (what TensorBoard's event files hold per record), by
     google-crc32c's C implementation."""
@@ -86,6 +95,8 @@ class Logger:
         self.writer: SummaryWriter | None = None
         self.tags: tuple[str, ...] = ()  # of the summary log() reuses
         self.summary = Summary()
+        self.pending: list[Event] = []  # log steps' events not yet handed to the writer (HAND_OVER_EVENTS)
+        self.first_pending = 0.0  # time.monotonic() when the first of them was logged
         self.mlflow = None
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +106,8 @@ class Logger:
             # (a fresh start in a dir a killed run left events in) everything it logged.
             wait_to_sort_last(run_dir)
             use_c_checksum()
-            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1)
+            # (max_queue: room for a whole hand-over, so handing it over never waits for the writer)
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1, max_queue=2 * HAND_OVER_EVENTS)
             self.writer.add_text("config", "```\n" + config + "\n```")
             # Written before the first step: the writer's thread would otherwise checksum and append
             # the config's event during the first steps.
@@ -110,13 +122,14 @@ class Logger:
         return step % self.every == 0 or step == self.max_steps
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Each metric as a TensorBoard scalar at step (nothing on ranks other than 0).
+        """Each metric as a TensorBoard scalar at step (nothing on ranks other than 0), handed to the
+        writer with the other pending log steps' (HAND_OVER_EVENTS) within 10 log steps or 2 seconds.
 
         All of them in one event, as add_scalar would write each (a simple_value): one summary of
         eleven values costs a seventh of eleven add_scalar calls (120 against 900 us measured here),
         and TensorBoard reads either the same. The summary is kept and only its values set while
         the tags stay the same (every log step but the first, as a rule): 3 us against 13 to build
-        it; the writer copies it into each event.
+        it; the event copies it.
         """
         if self.writer:
             if tuple(metrics) != self.tags:
@@ -124,13 +137,25 @@ class Logger:
                 self.summary = Summary(value=[Summary.Value(tag=tag) for tag in self.tags])
             for slot, value in zip(self.summary.value, metrics.values()):
                 slot.simple_value = float(value)
-            self.writer.file_writer.add_summary(self.summary, step)
+            if not self.pending:
+                self.first_pending = time.monotonic()
+            self.pending.append(Event(step=step, wall_time=time.time(), summary=self.summary))
+            if (len(self.pending) >= HAND_OVER_EVENTS or step >= self.max_steps
+                    or time.monotonic() - self.first_pending >= HAND_OVER_SECONDS):
+                self.hand_over()
         if self.mlflow:
             self.mlflow.log(step, metrics)
+
+    def hand_over(self) -> None:
+        """Give TensorBoard's writer the pending events, in order; its thread writes them."""
+        for event in self.pending:
+            self.writer.file_writer.add_event(event, event.step, event.wall_time)
+        self.pending.clear()
 
     def restarted_at(self, step: int) -> None:
         """Tell TensorBoard the steps after `step` are being redone (a rollback): it drops the old ones."""
         if self.writer:
+            self.hand_over()  # the steps before it first, so the restart drops them too
             self.writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
 
     def hparams(self, hparams: dict[str, object], summary: dict[str, object], step: int) -> None:
@@ -141,18 +166,22 @@ class Logger:
         """
         if not self.writer:
             return
+        self.hand_over()
         metrics = {tag: float(summary[key]) for tag, key in HPARAM_METRICS.items()}
         for s in hparams_summaries(hparams, metrics):
             self.writer.file_writer.add_summary(s)
         self.log(step, metrics)
 
     def flush(self) -> None:
+        """Every event logged so far in the event file (before a checkpoint, at a stop)."""
         if self.writer:
+            self.hand_over()
             self.writer.flush()
 
     def close(self, error: BaseException | None = None) -> None:
         """error: what ended the run early, if anything (MLflow records the run's status)."""
         if self.writer:
+            self.hand_over()
             self.writer.close()
         if self.mlflow:
             self.mlflow.end(error)
