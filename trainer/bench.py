@@ -245,8 +245,8 @@ def skip_cost_us(run: Run, calls: int = 100, blocks: int = 10) -> tuple[float, f
 
 def tensorboard_cost_us(run: Run, out: Path, metrics: dict[str, float], events: int = 200) -> float:
     """Process CPU us per log step's TensorBoard event as the Logger writes it, its writer's thread
-    included (the pure-Python checksum, the append to the event file): `events` events of these
-    metrics at steps 1..events into out, flushed."""
+    included (the checksum, the append to the event file), handed over in the Logger's batches:
+    `events` events of these metrics at steps 1..events into out, flushed."""
     from trainer.monitoring.logger import Logger
 
     logger = Logger(run, out, 0, main=True)

@@ -91,7 +91,7 @@ def train(run: Run, run_dir: Path, display: Display, hparams: dict[str, object] 
                     checkpointer.preempt(step, stop.name, stop.signum)
                 if checkpointer.due(step):
                     logger.flush()  # TensorBoard holds every step a checkpoint resumes after
-                checkpointer.after_step(step)
+                    checkpointer.save(step)
         summary = totals.summary(run, history, guard, checkpointer.dir)
         if hparams is not None:
             logger.hparams(hparams, summary, step)

@@ -79,10 +79,6 @@ class Checkpointer:
         """Every checkpoint.every steps, and after the last step."""
         return step == self.max_steps or bool(self.every and step % self.every == 0)
 
-    def after_step(self, step: int) -> None:
-        if self.due(step):
-            self.save(step)
-
     def preempt(self, step: int, signal_name: str, signum: int) -> None:
         """Checkpoint the step just finished and stop with the command that resumes it."""
         path = self.save(step)

@@ -66,10 +66,11 @@ def use_c_checksum() -> bool:
     """
     if google_crc32c is None or google_crc32c.implementation != "c":
         return False
-    if record_writer.__dict__.get("masked_crc32c") is masked_crc32c:
+    current = record_writer.__dict__.get("masked_crc32c")
+    if current is masked_crc32c:
         return True
-    check, pure = bytes(range(256)) * 2, pure_masked_crc32c
-    if record_writer.__dict__.get("masked_crc32c") is not pure or masked_crc32c(check) != pure(check):
+    check = bytes(range(256)) * 2
+    if current is not pure_masked_crc32c or masked_crc32c(check) != pure_masked_crc32c(check):
         return False
     record_writer.masked_crc32c = masked_crc32c
     return True
